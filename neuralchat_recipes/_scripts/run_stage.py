@@ -1,0 +1,6 @@
+"""Entry script for launchers that need a file path (gaudi_spawn -> deepspeed / mpirun)."""
+
+from neuralchat_recipes.worker import main
+
+if __name__ == "__main__":
+    main()

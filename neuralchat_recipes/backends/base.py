@@ -1,0 +1,82 @@
+"""The backend interface and the launch commands shared by all devices (pure Python)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+WORKER_MODULE = "neuralchat_recipes.worker"
+# A script path for launchers that need a file rather than a module (gaudi_spawn's runner
+# hands it to `deepspeed` / `mpirun`). It lives in its own folder so that folder, which
+# becomes sys.path[0], shadows no top-level module.
+WORKER_SCRIPT = str(Path(__file__).resolve().parent.parent / "_scripts" / "run_stage.py")
+
+
+class Backend:
+    """Plan-time answers for one hardware profile; run-time hooks import lazily."""
+
+    device = "cpu"
+
+    def __init__(self, hardware):
+        self.hw = hardware
+
+    # ---- plan time (pure) -------------------------------------------------------------
+    def precision(self) -> str:
+        return self.hw.precision
+
+    def resolve_optim(self, optim: str, notes: list[str]) -> str:
+        return optim
+
+    def training_extras(self, stage, zero: bool) -> dict[str, Any]:
+        """Training arguments this backend adds (Gaudi flags, ddp backend, use_cpu ...)."""
+        extras: dict[str, Any] = {}
+        if self.hw.world_size > 1 and self.hw.ddp_backend:
+            extras["ddp_backend"] = self.hw.ddp_backend
+        return extras
+
+    def env(self, stage, zero_stage: int | None, model) -> dict[str, str]:
+        env = dict(model.launch_env.get(self.device, {}))
+        env.update(self.hw.env)
+        if self.hw.omp_num_threads:
+            env["OMP_NUM_THREADS"] = str(self.hw.omp_num_threads)
+        return env
+
+    def launcher_for(self, zero_stage: int | None, distributed: bool) -> str:
+        if not distributed:
+            return "inprocess"
+        if self.hw.launcher == "torchrun" and zero_stage:
+            return "deepspeed"
+        return self.hw.launcher
+
+    def launch(self, stage_name: str, recipe_json: str, zero_stage: int | None, distributed: bool, env: dict[str, str]):
+        hw = self.hw
+        launcher = self.launcher_for(zero_stage, distributed)
+        worker_args = ["--recipe", recipe_json, "--stage", stage_name]
+        world = hw.world_size if distributed else 1
+        if launcher == "inprocess":
+            command = ["python", "-m", WORKER_MODULE, *worker_args]
+        elif launcher == "torchrun":
+            command = ["torchrun", "--nnodes", str(hw.num_nodes), "--nproc_per_node", str(hw.devices_per_node),
+                       "--master_port", str(hw.master_port)]
+            if hw.num_nodes > 1:
+                command += ["--master_addr", hw.master_addr or "$MASTER_ADDR"]
+            command += ["-m", WORKER_MODULE, *worker_args]
+        elif launcher == "deepspeed":
+            command = ["deepspeed", "--num_nodes", str(hw.num_nodes), "--num_gpus", str(hw.devices_per_node),
+                       "--master_port", str(hw.master_port)]
+            if hw.hostfile:
+                command += ["--hostfile", hw.hostfile]
+            command += ["--module", WORKER_MODULE, *worker_args]
+        elif launcher == "mpirun":
+            command = ["mpirun", "-f", hw.hostfile or "hostfile", "-n", str(world), "-ppn", str(hw.devices_per_node)]
+            for key in ("OMP_NUM_THREADS", "CCL_WORKER_COUNT", "MASTER_ADDR"):
+                if key in env:
+                    command += ["-genv", f"{key}={env[key]}"]
+            command += ["python", "-m", WORKER_MODULE, *worker_args]
+        elif launcher == "gaudi_spawn":
+            mode = "--use_deepspeed" if zero_stage else "--use_mpi"
+            command = ["python", "-m", "neuralchat_recipes.backends.gaudi_spawn", "--world_size", str(world), mode,
+                       WORKER_SCRIPT, *worker_args]
+        else:  # pragma: no cover - the schema limits launchers
+            raise ValueError(launcher)
+        return {"launcher": launcher, "world_size": world, "command": command, "env": env}

@@ -1,0 +1,56 @@
+"""Xeon CPU backend: fp32 unless the CPU has native bf16 (AMX / AVX512-BF16); DDP over oneCCL."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from .base import Backend
+
+BITSANDBYTES_OPTIMS = {"paged_adamw_32bit", "adamw_8bit"}
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_native_bf16(flags: frozenset[str] | None = None) -> bool:
+    """bf16 math is fast only with AMX or AVX512-BF16; elsewhere it is emulated and slower than fp32."""
+    flags = cpu_flags() if flags is None else flags
+    return bool({"amx_bf16", "avx512_bf16"} & flags)
+
+
+class CpuBackend(Backend):
+    device = "cpu"
+
+    def precision(self) -> str:
+        if self.hw.precision == "auto":
+            return "bf16" if cpu_has_native_bf16() else "fp32"
+        return self.hw.precision
+
+    def resolve_optim(self, optim: str, notes: list[str]) -> str:
+        if optim in BITSANDBYTES_OPTIMS:
+            notes.append(f"optim {optim} needs bitsandbytes on CUDA; using adamw_torch on cpu")
+            return "adamw_torch"
+        return optim
+
+    def training_extras(self, stage, zero: bool) -> dict[str, Any]:
+        extras = super().training_extras(stage, zero)
+        extras["use_cpu"] = True
+        return extras
+
+    def env(self, stage, zero_stage, model) -> dict[str, str]:
+        env = super().env(stage, zero_stage, model)
+        if self.hw.ccl_worker_count:
+            env["CCL_WORKER_COUNT"] = str(self.hw.ccl_worker_count)
+        if self.hw.num_nodes > 1:
+            env["MASTER_ADDR"] = self.hw.master_addr or "<node0 address: set hardware.master_addr>"
+        return env

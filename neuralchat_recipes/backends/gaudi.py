@@ -1,0 +1,49 @@
+"""Intel Gaudi backend (optimum-habana).
+
+The plan half (training arguments, GaudiConfig, launch command, environment) is pure Python
+so it can be computed and tested without Habana's SynapseAI stack; optimum.habana is imported
+only when a stage actually runs on an HPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Backend
+
+
+class GaudiBackend(Backend):
+    device = "hpu"
+
+    def resolve_optim(self, optim: str, notes: list[str]) -> str:
+        if optim in {"paged_adamw_32bit", "adamw_8bit"} and self.hw.gaudi.use_fused_adam:
+            notes.append(f"optim {optim} is replaced by Habana's fused AdamW (gaudi_config.use_fused_adam)")
+        return optim
+
+    def gaudi_config(self) -> dict[str, Any]:
+        g = self.hw.gaudi
+        return {
+            "use_fused_adam": g.use_fused_adam,
+            "use_fused_clip_norm": g.use_fused_clip_norm,
+            "use_torch_autocast": g.use_torch_autocast,
+        }
+
+    def training_extras(self, stage, zero: bool) -> dict[str, Any]:
+        g = self.hw.gaudi
+        extras = super().training_extras(stage, zero)
+        hpu_graphs = getattr(stage, "hpu_graphs_for_training", None)
+        extras.update(
+            use_habana=True,
+            use_lazy_mode=g.use_lazy_mode,
+            use_hpu_graphs_for_training=g.use_hpu_graphs_for_training if hpu_graphs is None else hpu_graphs,
+            throughput_warmup_steps=g.throughput_warmup_steps,
+            pipelining_fwd_bwd=g.pipelining_fwd_bwd,
+            gaudi_config=self.gaudi_config(),
+        )
+        return extras
+
+    def env(self, stage, zero_stage, model) -> dict[str, str]:
+        env = super().env(stage, zero_stage, model)
+        if zero_stage == 3:
+            env["DEEPSPEED_HPU_ZERO3_SYNC_MARK_STEP_REQUIRED"] = "1"
+        return env

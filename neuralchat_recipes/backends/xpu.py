@@ -1,0 +1,16 @@
+"""Intel GPU (XPU) backend: intel-extension-for-pytorch devices such as Arc."""
+
+from __future__ import annotations
+
+from .cpu import BITSANDBYTES_OPTIMS
+from .base import Backend
+
+
+class XpuBackend(Backend):
+    device = "xpu"
+
+    def resolve_optim(self, optim: str, notes: list[str]) -> str:
+        if optim in BITSANDBYTES_OPTIMS:
+            notes.append(f"optim {optim} needs bitsandbytes on CUDA; using adamw_torch on xpu")
+            return "adamw_torch"
+        return optim

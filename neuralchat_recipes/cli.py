@@ -1,0 +1,72 @@
+"""Command line: ``python -m neuralchat_recipes [hydra overrides]`` (same as ``neuralchat-recipes``).
+
+Modes: ``mode=run`` (default) executes the plan, ``mode=plan`` prints it as JSON and nothing
+else, ``mode=validate`` prints one OK line or the errors. Every job of a multirun is composed
+and validated before the first one starts; a bad config exits with status 2 before torch or
+transformers are imported.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from .compose import CONFIG_NAME, config_dir, precheck, to_plain
+from .config import ConfigError, RecipeConfig, build_recipe
+from .plan import build_plan
+
+EXIT_CONFIG = 2
+
+
+def _fail(exc: ConfigError) -> None:
+    print(f"error: {exc}", file=sys.stderr)
+    print("(see `python -m neuralchat_recipes --help` and README.md for the keys and groups)", file=sys.stderr)
+    sys.exit(EXIT_CONFIG)
+
+
+def execute(recipe: RecipeConfig) -> Any:
+    plan = build_plan(recipe)
+    if recipe.mode == "plan":
+        print(plan.to_json())
+        return plan
+    if recipe.mode == "validate":
+        stages = " -> ".join(f"{s.name}({s.kind})" for s in plan.stages)
+        print(f"OK: recipe {recipe.name} on {recipe.hardware.name} (world size {recipe.hardware.world_size}): {stages}")
+        return plan
+    from .runner import run_plan  # heavy imports start here
+
+    return run_plan(recipe, plan)
+
+
+def _task(cfg) -> Any:
+    try:
+        return execute(build_recipe(to_plain(cfg)))
+    except ConfigError as exc:
+        _fail(exc)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = [a for a in argv if not a.startswith("-")]
+    flags = [a for a in argv if a.startswith("-")]
+    informational = any(f in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c", "--version") for f in flags)
+    if not informational:
+        try:
+            for raw in precheck(overrides):
+                build_plan(build_recipe(raw))
+        except ConfigError as exc:
+            _fail(exc)
+
+    import hydra
+
+    hydra_main = hydra.main(config_path=str(config_dir()), config_name=CONFIG_NAME, version_base=None)(_task)
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "neuralchat-recipes", *argv]
+    try:
+        return hydra_main()
+    finally:
+        sys.argv = saved
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

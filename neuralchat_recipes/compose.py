@@ -1,0 +1,137 @@
+"""Hydra composition, and translation of Hydra's errors into ones that say what to change."""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import re
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError
+
+CONFIG_NAME = "config"
+GROUPS = ("recipe", "model", "dataset", "peft", "stage", "hardware", "deepspeed")
+MAX_PRECHECK_POINTS = 256
+
+
+def config_dir() -> Path:
+    """The recipe tree: inside the installed package, or at the top of a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_recipes", here.parent / "recipes"):
+        if (candidate / f"{CONFIG_NAME}.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"recipe tree not found next to {here}")
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+def _override_points(overrides: list[str]) -> list[list[str]]:
+    """Expand sweep overrides (a=1,2) into the concrete override lists of each job."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    choices: list[list[str]] = []
+    for ov in parsed:
+        if ov.is_sweep_override():
+            prefix = "+" if ov.is_add() else "++" if ov.is_force_add() else ""
+            key = ov.get_key_element()
+            choices.append([f"{prefix}{key}={value}" for value in ov.sweep_string_iterator()])
+        else:
+            choices.append([ov.input_line])
+    points = []
+    for combo in itertools.islice(itertools.product(*choices), MAX_PRECHECK_POINTS):
+        points.append(list(combo))
+    return points or [[]]
+
+
+def compose(overrides: list[str]) -> dict[str, Any]:
+    """Compose the recipe tree with Hydra's compose API and return a plain dict."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+            cfg = hydra_compose(CONFIG_NAME, overrides=overrides)
+            return to_plain(cfg)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise translate_hydra_error(exc, overrides) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def to_plain(cfg) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data.pop("hydra", None)
+    return data
+
+
+def precheck(overrides: list[str]) -> list[dict[str, Any]]:
+    """Compose every job of a (multi)run before anything runs; raise ConfigError on the first bad one."""
+    try:
+        points = _override_points(overrides)
+    except Exception as exc:  # Hydra's grammar errors
+        raise ConfigError([f"cannot parse the command-line overrides {overrides}: {exc}"]) from None
+    return [compose(point) for point in points]
+
+
+def _flat_keys(data: Any, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(data, dict):
+        for k, v in data.items():
+            full = f"{prefix}.{k}" if prefix else str(k)
+            keys.append(full)
+            keys += _flat_keys(v, full)
+    return keys
+
+
+def translate_hydra_error(exc: Exception, overrides: list[str]) -> ConfigError:
+    text = str(exc)
+    cause = exc.__cause__ or exc.__context__
+    full = f"{text}\n{cause}" if cause else text
+    missing = re.search(r"Could not find '([^']+)'", full)
+    if missing:
+        group, _, option = missing.group(1).rpartition("/")
+        group = group.split("/")[-1] if group else option
+        if group in GROUPS:
+            options = group_options(group)
+            close = difflib.get_close_matches(option, options, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            return ConfigError([f"`{group}={option}`: no {group} entry named {option!r}{hint} Available: {', '.join(options)}"])
+        return ConfigError([f"{text.splitlines()[0]}"])
+    key_match = re.search(r"full_key: (\S+)", full) or re.search(r"Could not override '([^']+)'", full)
+    if key_match and ("not in struct" in full or "Could not override" in full or "Could not append" in full):
+        bad = key_match.group(1)
+        value = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=", 1)[0] == bad), None)
+        if bad.split("@")[0] in GROUPS:
+            group, _, package = bad.partition("@")
+            where = f"at `{package}`" if package else "at the top level"
+            return ConfigError([
+                f"`{bad}={value}`: this recipe has no {group} entry {where} to replace; "
+                f"add one with `+{bad}={value}`"
+            ])
+        # compose with the group choices only, to list the keys that do exist
+        groups_only = [o for o in overrides if o.split("=", 1)[0].split("@")[0] in GROUPS]
+        try:
+            base = compose(groups_only) if groups_only != overrides else {}
+        except ConfigError:
+            base = {}
+        keys = _flat_keys(base)
+        close = difflib.get_close_matches(bad, keys, n=1, cutoff=0.6)
+        hint = f"; did you mean `{close[0]}`?" if close else ""
+        parent = bad.rpartition(".")[0]
+        siblings = sorted(k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == parent)
+        if not close and siblings:
+            hint = f"; keys under `{parent or '<root>'}`: {', '.join(siblings)}"
+        shown = f" (value {value!r})" if value is not None else ""
+        return ConfigError([f"`{bad}`: unknown key{shown}{hint}"])
+    return ConfigError([text.splitlines()[0] if text else repr(exc)])

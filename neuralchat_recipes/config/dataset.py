@@ -1,0 +1,72 @@
+"""``dataset/`` group: where a stage's rows come from and which row schema they follow."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .base import StrictModel
+
+# Row formats: the column layout of the real dataset a format adapter reads
+# (see neuralchat_recipes/data/formats.py for the adapters and RECIPE_FACTS.md for schemas).
+RowFormat = Literal[
+    "slimorca",  # conversations: [{from: system|human|gpt, value, weight}]
+    "alpaca",  # instruction, input, output   (alpaca_data.json, intel_domain.json, CodeAlpaca-20k)
+    "ultrachat",  # prompt, prompt_id, messages: [{role, content}]
+    "messages",  # messages: [{role, content}]   (dolly-15k-oai-style)
+    "cnn_dailymail",  # article, highlights, id
+    "evol_codealpaca",  # instruction, output
+    "orca_dpo_pairs",  # system, question, chosen, rejected
+    "stack_exchange_paired",  # qid, question, date, metadata, response_j, response_k
+]
+
+# What each format can feed: supervised pairs, preference triples, or both.
+FORMAT_USES: dict[str, set[str]] = {
+    "slimorca": {"sft"},
+    "alpaca": {"sft"},
+    "ultrachat": {"sft"},
+    "messages": {"sft"},
+    "cnn_dailymail": {"sft"},
+    "evol_codealpaca": {"sft"},
+    "orca_dpo_pairs": {"preference", "sft"},
+    "stack_exchange_paired": {"preference", "sft"},
+}
+
+
+class DatasetConfig(StrictModel):
+    name: str = Field(description="Short name of the dataset entry.")
+    hub_id: str | None = Field(default=None, description="Hugging Face hub dataset id (exclusive with `path`).")
+    config_name: str | None = Field(default=None, description="Hub dataset configuration (cnn_dailymail: `3.0.0`).")
+    revision: str | None = Field(default=None, description="Hub revision to pin (branch, tag or commit).")
+    data_dir: str | None = Field(
+        default=None, description="Sub-directory of the hub repository (stack-exchange-paired: `data/finetune`)."
+    )
+    path: str | None = Field(
+        default=None,
+        description="Local data file (.json, .jsonl, .parquet, .csv), or `bundled:NAME` for data shipped with the package.",
+    )
+    split: str = Field(default="train", description="Split to train on (ultrachat_200k: `train_sft`).")
+    format: RowFormat = Field(description="Row schema of the data; picks the format adapter.")
+    max_samples: int | None = Field(
+        default=None, ge=1, description="Use only the first N rows (after the split is loaded); null uses all."
+    )
+    validation_split_percentage: float = Field(
+        default=0, ge=0, lt=100, description="Percent of the split held out for evaluation loss (ITREX default 0)."
+    )
+    default_system: str | None = Field(
+        default=None,
+        description="System prompt used when a row has none (neural-chat: `You are a helpful, respectful and honest assistant.`).",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DatasetConfig":
+        if bool(self.hub_id) == bool(self.path):
+            raise ValueError(
+                f"dataset {self.name!r} needs exactly one source: set `hub_id` (a hub dataset) or `path` (a local file)"
+            )
+        return self
+
+    @property
+    def uses(self) -> set[str]:
+        return FORMAT_USES[self.format]

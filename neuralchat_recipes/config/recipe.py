@@ -1,0 +1,155 @@
+"""The composed recipe: model + hardware + the pipeline's stages, with cross-field rules.
+
+``build_recipe(raw)`` is the one door from Hydra's plain dict to typed config: stage settings
+live at the top level under their stage names (``sft:``, ``dpo:``), and are gathered into
+``RecipeConfig.stages`` here so the command line can address them as ``sft.learning_rate``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from .base import ConfigError, StrictModel, format_validation_error
+from .hardware import HardwareConfig
+from .model import ModelConfig
+from .stage import STAGE_KINDS, TRAIN_KINDS, StageConfig
+
+
+class RecipeConfig(StrictModel):
+    name: str = Field(description="Recipe name.")
+    description: str = Field(default="", description="What the recipe reproduces.")
+    mode: Literal["run", "plan", "validate"] = Field(
+        default="run", description="`run` executes the plan, `plan` prints it as JSON, `validate` checks the config."
+    )
+    pipeline: list[str] = Field(min_length=1, description="Stage names in execution order; each names a top-level block.")
+    model: ModelConfig = Field(description="Base model (a `model/` entry).")
+    hardware: HardwareConfig = Field(description="Hardware profile (a `hardware/` entry).")
+    stages: dict[str, StageConfig] = Field(description="Stage settings by name (written at the top level of the recipe).")
+    output_root: str = Field(default="outputs", description="Where stage artifacts and run records are written.")
+    hub_token_env: str = Field(
+        default="HF_TOKEN", description="Environment variable holding a hub token (never written to manifests)."
+    )
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "RecipeConfig":
+        problems: list[str] = []
+        seen: list[str] = []
+        for name in self.pipeline:
+            if name in seen:
+                problems.append(f"`pipeline`: stage {name!r} appears twice")
+            if name not in self.stages:
+                problems.append(f"`pipeline`: stage {name!r} has no settings block `{name}:`")
+                seen.append(name)
+                continue
+            stage = self.stages[name]
+            upstream = self.upstream_of(name, seen)
+            if stage.input not in (None, "base") and stage.input not in seen:
+                close = difflib.get_close_matches(stage.input, seen, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; earlier stages: {', '.join(seen) or 'none'}"
+                problems.append(f"`{name}.input` = {stage.input!r}: not an earlier stage of the pipeline{hint}")
+                seen.append(name)
+                continue
+            problems += self._stage_rules(name, stage, upstream)
+            seen.append(name)
+        extra = [n for n in self.stages if n not in self.pipeline]
+        for n in extra:
+            problems.append(
+                f"`{n}`: stage settings for a stage that is not in `pipeline` {self.pipeline}; add it to `pipeline` or remove the block"
+            )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def upstream_of(self, name: str, before: list[str] | None = None) -> str | None:
+        """Name of the stage whose artifact ``name`` consumes, or None for the base model."""
+        stage = self.stages[name]
+        if stage.input == "base":
+            return None
+        if stage.input is not None:
+            return stage.input
+        idx = self.pipeline.index(name)
+        return self.pipeline[idx - 1] if idx > 0 else None
+
+    def _stage_rules(self, name: str, stage: Any, upstream: str | None) -> list[str]:
+        problems = []
+        model = self.model
+        if model.architecture == "seq2seq" and stage.kind == "dpo":
+            problems.append(
+                f"`{name}`: a dpo stage is not supported for the seq2seq model {model.name!r}; "
+                "seq2seq models run sft, merge, eval and generate"
+            )
+        if stage.kind in TRAIN_KINDS:
+            method = stage.peft.method
+            if method not in model.supported_peft:
+                problems.append(
+                    f"`{name}.peft.method` = {method!r}: not supported for model {model.name!r}; "
+                    f"supported: {', '.join(model.supported_peft)}"
+                )
+            need = "preference" if stage.kind == "dpo" else "sft"
+            if need not in stage.dataset.uses:
+                problems.append(
+                    f"`{name}.dataset` = {stage.dataset.name!r}: a {stage.kind} stage needs a "
+                    f"{'preference dataset (prompt, chosen, rejected)' if need == 'preference' else 'supervised dataset'}, "
+                    f"but format {stage.dataset.format!r} is not one; "
+                    f"pick e.g. {'dataset@' + name + '.dataset=orca_dpo_pairs' if need == 'preference' else 'dataset@' + name + '.dataset=slimorca'}"
+                )
+            world = self.hardware.world_size
+            if stage.global_batch_size % world:
+                problems.append(
+                    f"`{name}.global_batch_size` = {stage.global_batch_size}: not divisible by hardware "
+                    f"{self.hardware.name!r}'s world size {world}; use a multiple of {world}"
+                )
+        if stage.kind == "merge":
+            if upstream is None:
+                problems.append(f"`{name}`: a merge stage needs an upstream adapter, but its input is the base model")
+            else:
+                up = self.stages.get(upstream)
+                if up is None or up.kind not in TRAIN_KINDS or up.peft.method != "lora":
+                    what = "a model without an adapter" if up is None or up.kind not in TRAIN_KINDS else f"a {up.peft.method} adapter"
+                    problems.append(
+                        f"`{name}`: a merge stage needs an upstream LoRA adapter, but {upstream!r} produces {what}"
+                        + ("; only LoRA weights can be merged into the base" if up is not None and up.kind in TRAIN_KINDS else "")
+                    )
+        return problems
+
+
+_TOP_LEVEL = set(RecipeConfig.model_fields) - {"stages"}
+
+
+def build_recipe(raw: dict[str, Any]) -> RecipeConfig:
+    """Validate Hydra's plain dict into a RecipeConfig, or raise ConfigError naming each bad key."""
+    raw = dict(raw)
+    pipeline = raw.get("pipeline") or []
+    if not isinstance(pipeline, list):
+        raise ConfigError([f"`pipeline` = {pipeline!r}: must be a list of stage names"])
+    stages: dict[str, Any] = {}
+    problems: list[str] = []
+    for key in list(raw):
+        if key in _TOP_LEVEL:
+            continue
+        value = raw.pop(key)
+        if key in pipeline or (isinstance(value, dict) and value.get("kind") in STAGE_KINDS):
+            stages[key] = value
+            continue
+        candidates = sorted(_TOP_LEVEL | set(pipeline))
+        close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+        hint = f"; did you mean `{close[0]}`?" if close else f"; top-level keys: {', '.join(candidates)}"
+        problems.append(f"`{key}`: unknown key (value {value!r}){hint}")
+    raw["stages"] = stages
+    try:
+        cfg = RecipeConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = format_validation_error(exc, RecipeConfig, _user_path)
+        raise ConfigError(problems + err.problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _user_path(path: list[str]) -> list[str]:
+    # stages.<name>.x -> <name>.x : that is how the key is written in YAML and on the command line
+    return path[1:] if path[:1] == ["stages"] and len(path) > 1 else path
+

@@ -1,0 +1,217 @@
+"""``stage/`` group: the settings of each stage kind (sft, merge, dpo, eval, generate).
+
+A recipe places stages under their own names (``sft``, ``merge``, ``dpo``, ``merge_dpo`` ...),
+so ``sft.learning_rate=2e-4`` or ``dpo.peft.r=32`` on the command line reach one stage.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, model_validator
+
+from .base import NOT_FINGERPRINTED, StrictModel
+from .dataset import DatasetConfig
+from .peft import FullConfig, PeftConfig
+
+Template = Literal["neural_chat", "alpaca", "chatml", "llama2", "qa", "tokenizer", "summarization", "plain"]
+
+# ITREX's --task picks the prompt format when a recipe does not name one.
+TASK_TEMPLATES = {"completion": "alpaca", "chat": "neural_chat", "summarization": "summarization", "code-generation": "alpaca"}
+
+
+class DeepSpeedConfig(StrictModel):
+    zero_stage: Literal[0, 1, 2, 3] = Field(description="ZeRO stage: 2 shards optimizer state and gradients, 3 also weights.")
+    offload_optimizer: bool = Field(default=False, description="Keep optimizer state in host memory (ZeRO-Offload).")
+    offload_param: bool = Field(default=False, description="Keep weights in host memory (ZeRO-3 only).")
+    allgather_bucket_size: float = Field(default=5e8, gt=0, description="ZeRO-2 allgather bucket size (elements).")
+    reduce_bucket_size: float = Field(default=5e8, gt=0, description="Reduce bucket size (elements).")
+    contiguous_gradients: bool = Field(default=True, description="Copy gradients into one contiguous buffer.")
+    overlap_comm: bool = Field(default=False, description="Overlap gradient reduction with backward.")
+    optimizer: Literal["trainer", "adamw"] = Field(
+        default="trainer", description="`trainer` lets the trainer build the optimizer; `adamw` puts DeepSpeed's AdamW in the config."
+    )
+    scheduler: Literal["trainer", "warmup_decay"] = Field(
+        default="trainer",
+        description="`trainer` uses the stage's lr_scheduler_type; `warmup_decay` is DeepSpeed's WarmupDecayLR (neural-chat v3).",
+    )
+    warmup_type: Literal["linear", "log", "cosine"] = Field(default="log", description="Warmup curve of WarmupDecayLR.")
+
+    @model_validator(mode="after")
+    def _offload_param_needs_zero3(self) -> "DeepSpeedConfig":
+        if self.offload_param and self.zero_stage != 3:
+            raise ValueError("offload_param needs zero_stage 3; set `zero_stage: 3` or `offload_param: false`")
+        return self
+
+
+class StageBase(StrictModel):
+    input: str | None = Field(
+        default=None,
+        description="Stage whose artifact this stage consumes; null = the previous stage in the pipeline "
+        "(the base model for the first). `base` forces the recipe's base model.",
+    )
+
+
+class TrainStageBase(StageBase):
+    dataset: DatasetConfig = Field(description="Training data (a `dataset/` entry).")
+    peft: PeftConfig = Field(default_factory=FullConfig, description="Adapter to train (a `peft/` entry).")
+    global_batch_size: int = Field(
+        ge=1, description="Samples per optimizer step over all devices; per-device batch and accumulation are derived."
+    )
+    micro_batch_size: int = Field(
+        default=1,
+        ge=1,
+        description="Largest per-device batch; lowered to a divisor of global_batch_size / world_size.",
+        json_schema_extra=NOT_FINGERPRINTED,
+    )
+    learning_rate: float = Field(gt=0, description="Peak learning rate.")
+    lr_scheduler_type: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"
+    ] = Field(default="linear", description="Learning-rate schedule after warmup.")
+    warmup_ratio: float = Field(default=0.0, ge=0, le=1, description="Fraction of steps spent warming up (ignored if warmup_steps > 0).")
+    warmup_steps: int = Field(default=0, ge=0, description="Warmup steps; overrides warmup_ratio when > 0.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    optim: Literal["adamw_torch", "adamw_torch_fused", "paged_adamw_32bit", "adamw_8bit", "sgd", "adafactor"] = Field(
+        default="adamw_torch", description="Optimizer (transformers' `optim` names)."
+    )
+    adam_epsilon: float = Field(default=1e-8, gt=0, description="AdamW epsilon.")
+    max_grad_norm: float = Field(default=1.0, ge=0, description="Gradient clipping norm (0 disables).")
+    num_train_epochs: float | None = Field(default=None, gt=0, description="Epochs to train (exclusive with max_steps).")
+    max_steps: int | None = Field(default=None, ge=1, description="Optimizer steps to train (exclusive with num_train_epochs).")
+    gradient_checkpointing: bool | None = Field(
+        default=None,
+        description="Recompute activations in backward; null follows the hardware profile.",
+        json_schema_extra=NOT_FINGERPRINTED,
+    )
+    seed: int = Field(default=42, description="Seed for initialisation, dropout and data order.")
+    deepspeed: DeepSpeedConfig | None = Field(
+        default=None, description="DeepSpeed ZeRO settings, used when the hardware profile launches several devices."
+    )
+    hpu_graphs_for_training: bool | None = Field(
+        default=None,
+        description="Gaudi: capture HPU graphs for training (ITREX DPO); null follows the hardware profile.",
+        json_schema_extra=NOT_FINGERPRINTED,
+    )
+    save_steps: int = Field(default=500, ge=1, description="Checkpoint every N steps (resume points).", json_schema_extra=NOT_FINGERPRINTED)
+    save_total_limit: int | None = Field(
+        default=2, ge=1, description="Keep at most N checkpoints.", json_schema_extra=NOT_FINGERPRINTED
+    )
+    logging_steps: int = Field(default=10, ge=1, description="Log every N steps.", json_schema_extra=NOT_FINGERPRINTED)
+
+    @model_validator(mode="after")
+    def _length_of_training(self) -> "TrainStageBase":
+        if (self.num_train_epochs is None) == (self.max_steps is None):
+            raise ValueError(
+                "set exactly one of `num_train_epochs` and `max_steps` "
+                f"(got num_train_epochs={self.num_train_epochs}, max_steps={self.max_steps}); "
+                "override the other with null, e.g. `sft.num_train_epochs=null`"
+            )
+        return self
+
+
+class SFTStage(TrainStageBase):
+    kind: Literal["sft"] = Field(default="sft", description="Supervised fine-tuning.")
+    task: Literal["completion", "chat", "summarization", "code-generation"] = Field(
+        default="completion", description="ITREX task: picks what the stage is judged on; the template picks the prompt."
+    )
+    max_seq_length: int = Field(default=512, ge=8, description="Longest tokenized sample (prompt + response).")
+    max_prompt_length: int | None = Field(
+        default=None, ge=1, description="Longest prompt part (ITREX max_source_length); longer prompts are cut from the left."
+    )
+    packing: bool = Field(
+        default=False, description="Concatenate samples into full-length rows (ITREX --dataset_concatenation)."
+    )
+    loss_on: Literal["assistant", "all"] = Field(
+        default="assistant", description="`assistant` masks prompt tokens from the loss; `all` trains on every token."
+    )
+    group_by_length: bool = Field(default=False, description="Batch samples of similar length together.")
+    template: Template | None = Field(
+        default=None,
+        description="Prompt format the rows are rendered with: neural_chat (### System/User/Assistant), alpaca, chatml, "
+        "llama2, qa (Question/Answer), tokenizer (the tokenizer's chat template), summarization, plain; null picks from `task`.",
+    )
+
+    @property
+    def resolved_template(self) -> str:
+        return self.template or TASK_TEMPLATES[self.task]
+
+
+class DPOStage(TrainStageBase):
+    kind: Literal["dpo"] = Field(default="dpo", description="Direct Preference Optimization.")
+    beta: float = Field(default=0.1, gt=0, description="DPO temperature: how far the policy may move from the reference.")
+    loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair"] = Field(
+        default="sigmoid", description="DPO loss variant (TRL names)."
+    )
+    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5, description="Conservative DPO label smoothing.")
+    max_length: int = Field(default=1024, ge=8, description="Longest prompt + response.")
+    max_prompt_length: int = Field(default=512, ge=1, description="Longest prompt.")
+    pad_to_max: bool | None = Field(
+        default=None,
+        description="Pad every batch to max_length (static shapes); null follows the hardware profile.",
+        json_schema_extra=NOT_FINGERPRINTED,
+    )
+    template: Template = Field(default="neural_chat", description="Prompt format the preference prompts are rendered with.")
+
+    @property
+    def resolved_template(self) -> str:
+        return self.template
+
+    @model_validator(mode="after")
+    def _prompt_fits(self) -> "DPOStage":
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(
+                f"max_prompt_length ({self.max_prompt_length}) must be smaller than max_length ({self.max_length})"
+            )
+        return self
+
+
+class MergeStage(StageBase):
+    kind: Literal["merge"] = Field(default="merge", description="Merge an upstream LoRA adapter into its base model.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto", description="dtype of the saved model; auto keeps the base model's dtype."
+    )
+
+
+class EvalStage(StageBase):
+    kind: Literal["eval"] = Field(default="eval", description="Evaluate a model.")
+    harness: Literal["lm_eval", "builtin"] = Field(
+        default="lm_eval", description="`lm_eval`: EleutherAI lm-evaluation-harness tasks; `builtin`: loss and exact match on `dataset`."
+    )
+    tasks: list[str] = Field(default_factory=list, description="lm-eval task names (e.g. arc_challenge, hellaswag).")
+    num_fewshot: int | None = Field(default=None, ge=0, description="Few-shot examples per task (null: the task's default).")
+    limit: int | None = Field(default=None, ge=1, description="Evaluate only the first N examples of each task.")
+    batch_size: int = Field(default=1, ge=1, description="Evaluation batch size.")
+    dataset: DatasetConfig | None = Field(default=None, description="Data for the builtin harness.")
+    max_new_tokens: int = Field(default=32, ge=1, description="Generation budget for exact-match scoring (builtin).")
+    template: Template = Field(default="neural_chat", description="Prompt format for the builtin harness.")
+    compare_base: bool = Field(
+        default=False, description="Builtin harness: also score the recipe's untrained base model, for a before/after."
+    )
+
+    @model_validator(mode="after")
+    def _has_work(self) -> "EvalStage":
+        if self.harness == "lm_eval" and not self.tasks:
+            raise ValueError("the lm_eval harness needs at least one task in `tasks`")
+        if self.harness == "builtin" and self.dataset is None:
+            raise ValueError("the builtin harness needs a `dataset`")
+        return self
+
+
+class GenerateStage(StageBase):
+    kind: Literal["generate"] = Field(default="generate", description="Generate answers to prompts with a model.")
+    prompts: list[str] = Field(min_length=1, description="Prompts to answer.")
+    template: Template = Field(default="neural_chat", description="Prompt format the prompts are wrapped in.")
+    max_new_tokens: int = Field(default=100, ge=1, description="Tokens to generate per prompt.")
+    do_sample: bool = Field(default=False, description="Sample instead of greedy decoding.")
+    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    batch_size: int = Field(default=1, ge=1, description="Prompts per forward pass.")
+    seed: int = Field(default=42, description="Sampling seed.")
+
+
+StageConfig = Annotated[
+    Union[SFTStage, DPOStage, MergeStage, EvalStage, GenerateStage], Field(discriminator="kind")
+]
+
+STAGE_KINDS = {"sft": SFTStage, "dpo": DPOStage, "merge": MergeStage, "eval": EvalStage, "generate": GenerateStage}
+TRAIN_KINDS = {"sft", "dpo"}

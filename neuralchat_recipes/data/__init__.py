@@ -1,0 +1,1 @@
+"""Data loading, row-format adapters and prompt templates."""

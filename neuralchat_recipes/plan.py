@@ -1,0 +1,313 @@
+"""Turn a validated RecipeConfig into a Plan: ordered stages with fingerprints, args and launch.
+
+Pure and fast: no torch, no transformers. A stage's fingerprint hashes what decides its
+output (its own settings minus logging/checkpoint cadence, the base model identity, the bytes
+of local data files, the resolved precision, the upstream fingerprints and the engine's
+fingerprint version), so two runs or two sweep jobs that agree on a stage share its artifact,
+and a change to one stage re-runs that stage and what follows, nothing before it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import ENGINE_FINGERPRINT_VERSION
+from .backends import get_backend
+from .backends.deepspeed_config import build_ds_config
+from .config import ConfigError, RecipeConfig
+from .config.stage import TRAIN_KINDS
+from .data.paths import resolve_data_path
+
+
+class PlanError(ConfigError):
+    """The config is valid but cannot run as asked (e.g. does not fit the hardware)."""
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    kind: str
+    inputs: list[dict[str, Any]]
+    fingerprint: str
+    output_dir: str
+    staging_dir: str
+    model: dict[str, Any]
+    dataset: dict[str, Any] | None
+    peft: dict[str, Any] | None
+    args: dict[str, Any]
+    launch: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Plan:
+    recipe: str
+    hardware: str
+    world_size: int
+    output_root: str
+    stages: list[StageSpec]
+
+    def stage(self, name: str) -> StageSpec:
+        for spec in self.stages:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def _hash(payload: Any) -> str:
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fingerprinted_dump(model) -> dict[str, Any]:
+    """model_dump(mode=json) without `input` and the fields marked as not affecting the output."""
+    data = model.model_dump(mode="json")
+    data.pop("input", None)
+
+    def strip(obj, dumped: dict[str, Any]) -> None:
+        for name, info in type(obj).model_fields.items():
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            if extra.get("fingerprint") is False:
+                dumped.pop(name, None)
+            elif hasattr(type(getattr(obj, name)), "model_fields") and isinstance(dumped.get(name), dict):
+                strip(getattr(obj, name), dumped[name])
+
+    strip(model, data)
+    return data
+
+
+def _dataset_identity(name: str, dataset) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(what goes into the plan, what goes into the fingerprint)."""
+    info = dataset.model_dump(mode="json")
+    if dataset.path:
+        path = resolve_data_path(dataset.path)
+        if not path.is_file():
+            raise PlanError(
+                [f"`{name}.dataset.path` = {dataset.path!r}: file not found (looked at {path}); "
+                 f"point it at the data file, e.g. `{name}.dataset.path=/data/alpaca_data.json`"]
+            )
+        info["resolved_path"] = str(path)
+        info["sha256"] = file_sha256(path)
+        return info, {"sha256": info["sha256"], "split": dataset.split, "max_samples": dataset.max_samples,
+                      "validation_split_percentage": dataset.validation_split_percentage, "format": dataset.format,
+                      "default_system": dataset.default_system}
+    return info, {k: v for k, v in info.items() if k != "name"}
+
+
+def _model_identity(model) -> dict[str, Any]:
+    keep = ("path", "revision", "architecture", "tokenizer", "use_fast_tokenizer", "torch_dtype", "pad_token")
+    return {k: getattr(model, k) for k in keep}
+
+
+def _micro_and_accum(global_batch: int, world: int, micro_max: int) -> tuple[int, int]:
+    per_device = global_batch // world
+    micro = max(d for d in range(1, min(micro_max, per_device) + 1) if per_device % d == 0)
+    return micro, per_device // micro
+
+
+def _host_memory_gb() -> float | None:
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
+    return None
+
+
+def _check_fits(recipe: RecipeConfig, name: str, stage, precision: str, zero_stage: int | None, world: int) -> None:
+    """Refuse plans whose weights cannot fit the profile's memory (rough, weights + optimizer only)."""
+    params = recipe.model.params_billion
+    hw = recipe.hardware
+    memory = hw.memory_gb or _host_memory_gb()
+    if not params or not memory:
+        return
+    weight_bytes = 4 if precision == "fp32" else 2
+    full = stage.kind in TRAIN_KINDS and stage.peft.method == "none"
+    if full:
+        # weights + grads + fp32 master + Adam moments (mixed precision: ~16 bytes/param)
+        states = 16
+        if zero_stage == 3:
+            need = params * states / world
+        elif zero_stage in (1, 2):
+            need = params * (weight_bytes + (states - weight_bytes) / world)
+        else:
+            need = params * states
+    else:
+        need = params * weight_bytes / (world if zero_stage == 3 else 1)
+    if need > memory * 0.9:
+        how = (
+            "use a profile with more devices and ZeRO-3 (e.g. hardware=gaudi2_8x), or a smaller model"
+            if zero_stage != 3 or world == 1
+            else "use more devices or a smaller model"
+        )
+        raise PlanError(
+            [f"`{name}` on hardware {hw.name!r} is not supported because model {recipe.model.name!r} "
+             f"({params:g}B parameters, {precision}) needs about {need:.0f} GB per device "
+             f"{'(ZeRO-3 over ' + str(world) + ' devices) ' if zero_stage == 3 and world > 1 else ''}"
+             f"and a device has {memory:.0f} GB; {how}"]
+        )
+
+
+def build_plan(recipe: RecipeConfig) -> Plan:
+    hw = recipe.hardware
+    backend = get_backend(hw)
+    precision = backend.precision()
+    root = Path(recipe.output_root).expanduser().resolve()
+    specs: list[StageSpec] = []
+    by_name: dict[str, StageSpec] = {}
+    problems: list[str] = []
+    for name in recipe.pipeline:
+        stage = recipe.stages[name]
+        notes: list[str] = []
+        upstream = recipe.upstream_of(name)
+        if upstream and upstream not in by_name:
+            continue  # the upstream stage already failed; its problem is reported
+        inputs = (
+            [{"stage": upstream, "fingerprint": by_name[upstream].fingerprint, "output_dir": by_name[upstream].output_dir}]
+            if upstream
+            else [{"stage": None, "model": recipe.model.path, "revision": recipe.model.revision}]
+        )
+        if stage.kind == "merge" and upstream:
+            inputs.append(by_name[upstream].inputs[0])  # the base the adapter was trained on
+        if stage.kind == "eval" and getattr(stage, "compare_base", False) and upstream:
+            inputs.append({"stage": None, "model": recipe.model.path, "revision": recipe.model.revision})
+
+        dataset_info = None
+        fp_payload: dict[str, Any] = {
+            "engine": ENGINE_FINGERPRINT_VERSION,
+            "kind": stage.kind,
+            "stage": _fingerprinted_dump(stage),
+            "model": _model_identity(recipe.model),
+            "upstream": [i.get("fingerprint") for i in inputs],
+            "precision": precision,
+        }
+        dataset = getattr(stage, "dataset", None)
+        if dataset is not None:
+            try:
+                dataset_info, fp_payload["data"] = _dataset_identity(name, dataset)
+            except PlanError as exc:
+                problems += exc.problems
+                continue
+
+        distributed = stage.kind in TRAIN_KINDS and hw.world_size > 1
+        world = hw.world_size if distributed else 1
+        zero_stage = None
+        args: dict[str, Any] = {"precision": precision, "bf16": precision == "bf16", "fp16": precision == "fp16"}
+        peft_info = None
+        if stage.kind in TRAIN_KINDS:
+            if stage.deepspeed is not None and stage.deepspeed.zero_stage:
+                if not distributed:
+                    notes.append(f"deepspeed ZeRO-{stage.deepspeed.zero_stage} not used: the stage runs on one device")
+                elif not hw.supports_deepspeed:
+                    notes.append(
+                        f"deepspeed ZeRO-{stage.deepspeed.zero_stage} not used: {hw.name} runs plain DDP "
+                        f"({hw.launcher}, {hw.ddp_backend})"
+                    )
+                else:
+                    zero_stage = stage.deepspeed.zero_stage
+            try:
+                _check_fits(recipe, name, stage, precision, zero_stage, world)
+            except PlanError as exc:
+                problems += exc.problems
+                continue
+            micro, accum = _micro_and_accum(stage.global_batch_size, world, stage.micro_batch_size)
+            if micro != stage.micro_batch_size:
+                notes.append(
+                    f"micro batch lowered from {stage.micro_batch_size} to {micro} so that "
+                    f"{micro} x {accum} x {world} = {stage.global_batch_size}"
+                )
+            gc = stage.gradient_checkpointing if stage.gradient_checkpointing is not None else hw.gradient_checkpointing
+            args.update(
+                global_batch_size=stage.global_batch_size,
+                per_device_train_batch_size=micro,
+                gradient_accumulation_steps=accum,
+                learning_rate=stage.learning_rate,
+                lr_scheduler_type=stage.lr_scheduler_type,
+                warmup_ratio=stage.warmup_ratio,
+                warmup_steps=stage.warmup_steps,
+                weight_decay=stage.weight_decay,
+                optim=backend.resolve_optim(stage.optim, notes),
+                adam_epsilon=stage.adam_epsilon,
+                max_grad_norm=stage.max_grad_norm,
+                num_train_epochs=stage.num_train_epochs,
+                max_steps=stage.max_steps,
+                gradient_checkpointing=gc,
+                seed=stage.seed,
+                save_steps=stage.save_steps,
+                save_total_limit=stage.save_total_limit,
+                logging_steps=stage.logging_steps,
+                template=stage.resolved_template,
+                deepspeed=build_ds_config(stage.deepspeed, stage, precision) if zero_stage else None,
+            )
+            if stage.kind == "sft":
+                args.update(
+                    task=stage.task,
+                    max_seq_length=stage.max_seq_length,
+                    max_prompt_length=stage.max_prompt_length,
+                    packing=stage.packing,
+                    loss_on=stage.loss_on,
+                    group_by_length=stage.group_by_length,
+                )
+            else:
+                args.update(
+                    beta=stage.beta,
+                    loss_type=stage.loss_type,
+                    label_smoothing=stage.label_smoothing,
+                    max_length=stage.max_length,
+                    max_prompt_length=stage.max_prompt_length,
+                    pad_to_max=hw.static_shapes if stage.pad_to_max is None else stage.pad_to_max,
+                    reference_model="policy with adapter disabled" if stage.peft.method != "none" else "frozen copy of the input model",
+                )
+            args.update(backend.training_extras(stage, bool(zero_stage)))
+            peft_info = stage.peft.model_dump(mode="json")
+            if peft_info["method"] == "lora" and not peft_info["target_modules"]:
+                peft_info["target_modules"] = "all-linear" if peft_info["all_linear"] else list(recipe.model.lora_target_modules)
+        else:
+            args.update({k: v for k, v in stage.model_dump(mode="json").items() if k not in ("kind", "input", "dataset")})
+
+        fingerprint = _hash(fp_payload)
+        artifact_id = f"{stage.kind}-{fingerprint[:16]}"
+        output_dir = str(root / "artifacts" / artifact_id)
+        staging_dir = str(root / "staging" / artifact_id)
+        env = backend.env(stage, zero_stage, recipe.model)
+        launch = backend.launch(name, str(Path(staging_dir) / "recipe.json"), zero_stage, distributed, env)
+        spec = StageSpec(
+            name=name,
+            kind=stage.kind,
+            inputs=inputs,
+            fingerprint=fingerprint,
+            output_dir=output_dir,
+            staging_dir=staging_dir,
+            model={**recipe.model.model_dump(mode="json"), "source": inputs[0].get("output_dir") or recipe.model.path},
+            dataset=dataset_info,
+            peft=peft_info,
+            args=args,
+            launch=launch,
+            notes=notes,
+        )
+        specs.append(spec)
+        by_name[name] = spec
+    if problems:
+        raise PlanError(problems)
+    return Plan(recipe=recipe.name, hardware=hw.name, world_size=hw.world_size, output_root=str(root), stages=specs)
+

@@ -1,0 +1,128 @@
+"""Bad configs tried as a new user would: each error names the key, the value and what to change."""
+
+import subprocess
+import sys
+
+import pytest
+
+from neuralchat_recipes.config import ConfigError
+from tests.conftest import compose_recipe, plan_for
+
+
+def error_of(*overrides) -> str:
+    with pytest.raises(ConfigError) as info:
+        plan_for(*overrides)
+    return str(info.value)
+
+
+def test_misspelt_stage_key_suggests_the_right_one():
+    msg = error_of("recipe=neural_chat_v3", "sft.learnig_rate=3e-4")
+    assert "`sft.learnig_rate`" in msg and "did you mean `sft.learning_rate`" in msg and "3e-4" in msg
+
+
+def test_misspelt_nested_and_top_level_keys():
+    assert "did you mean `dpo.peft.r`" in error_of("recipe=neural_chat_v3", "dpo.peft.rank=4")
+    assert "did you mean `mode`" in error_of("recipe=tiny", "moed=plan")
+
+
+def test_wrong_type_names_key_value_and_expectation():
+    msg = error_of("recipe=neural_chat_v3", "hardware=gaudi2_8x", "sft.learning_rate=fast")
+    assert "`sft.learning_rate` = 'fast'" in msg and "valid number" in msg
+
+
+def test_out_of_range_and_bad_literal():
+    assert "`dpo.beta` = -1" in error_of("recipe=neural_chat_v3", "hardware=gaudi2_8x", "dpo.beta=-1")
+    msg = error_of("recipe=neural_chat_v3", "hardware=gaudi2_8x", "sft.lr_scheduler_type=cosin")
+    assert "`sft.lr_scheduler_type` = 'cosin'" in msg and "'cosine'" in msg
+
+
+def test_unknown_group_option_lists_choices_and_close_match():
+    msg = error_of("recipe=neural_chat_v3", "hardware=gaudi2_8", "mode=plan")
+    assert "`hardware=gaudi2_8`" in msg and "did you mean 'gaudi2_8x'" in msg and "gaudi2_1x" in msg
+    msg = error_of("recipe=neural_chat", "mode=plan")
+    assert "did you mean 'neural_chat_v3'" in msg
+
+
+def test_dpo_needs_a_preference_dataset():
+    msg = error_of("recipe=neural_chat_v3", "hardware=gaudi2_8x", "dataset@dpo.dataset=slimorca")
+    assert "`dpo.dataset` = 'slimorca'" in msg and "preference dataset" in msg and "orca_dpo_pairs" in msg
+
+
+def test_merge_needs_an_upstream_lora_adapter():
+    msg = error_of("recipe=neural_chat_v3", "hardware=gaudi2_8x", "peft@sft.peft=prefix_tuning")
+    assert "`merge`" in msg and "LoRA" in msg and "prefix_tuning" in msg
+    msg = error_of("recipe=neural_chat_v3", "hardware=gaudi2_8x", "merge.input=base")
+    assert "upstream adapter" in msg
+
+
+def test_input_must_name_an_earlier_stage():
+    msg = error_of("recipe=neural_chat_v3", "hardware=gaudi2_8x", "dpo.input=sfft")
+    assert "`dpo.input` = 'sfft'" in msg and "did you mean 'sft'" in msg
+
+
+def test_seq2seq_model_cannot_run_dpo():
+    msg = error_of("recipe=dpo_llama2_7b_chat", "model=flan_t5_xl")
+    assert "seq2seq" in msg and "`dpo`" in msg
+
+
+def test_peft_method_the_model_does_not_support():
+    msg = error_of("recipe=instruct", "hardware=gaudi2_8x", "model=mpt_7b", "peft@sft.peft=p_tuning")
+    assert "`sft.peft.method` = 'p_tuning'" in msg and "supported: lora" in msg
+
+
+def test_world_size_must_divide_global_batch():
+    msg = error_of("recipe=instruct", "hardware=gaudi2_8x", "sft.global_batch_size=12")
+    assert "`sft.global_batch_size` = 12" in msg and "world size 8" in msg
+
+
+def test_remote_code_only_when_the_model_entry_opts_in():
+    msg = error_of("recipe=instruct", "hardware=gaudi2_8x", "model=mpt_7b", "model.trust_remote_code=false")
+    assert "`model`" in msg and "model.trust_remote_code=true" in msg
+    assert compose_recipe("recipe=instruct", "model=llama2_7b").model.trust_remote_code is False
+
+
+def test_epochs_and_steps_are_exclusive():
+    msg = error_of("recipe=neural_chat_v3", "hardware=gaudi2_8x", "sft.max_steps=10")
+    assert "`sft`" in msg and "exactly one of `num_train_epochs` and `max_steps`" in msg
+
+
+def test_missing_local_data_file_is_reported_with_the_key():
+    msg = error_of("recipe=instruct", "hardware=gaudi2_8x", "dataset@sft.dataset=alpaca_file",
+                   "sft.dataset.path=/nonexistent/alpaca_data.json")
+    assert "`sft.dataset.path` = '/nonexistent/alpaca_data.json'" in msg and "file not found" in msg
+
+
+def test_model_too_big_for_hardware_says_not_supported_because():
+    msg = error_of("recipe=stack_llama2_70b", "hardware=gpu_1x")
+    assert "not supported because" in msg and "llama2_70b" in msg
+
+
+def test_several_problems_are_all_reported():
+    msg = error_of("recipe=neural_chat_v3", "hardware=gaudi2_8x", "sft.learning_rate=-1", "dpo.beta=0")
+    assert "`sft.learning_rate`" in msg and "`dpo.beta`" in msg
+
+
+def test_cli_exits_2_with_the_message_on_stderr_and_nothing_on_stdout():
+    proc = subprocess.run(
+        [sys.executable, "-m", "neuralchat_recipes", "mode=plan", "recipe=neural_chat_v3", "sft.learnig_rate=1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert "did you mean `sft.learning_rate`" in proc.stderr
+
+
+def test_bad_sweep_value_fails_before_any_job_runs(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "neuralchat_recipes", "-m", "mode=validate", "recipe=neural_chat_v3",
+         "hardware=gaudi2_8x", "sft.peft.r=8,0", f"output_root={tmp_path}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "OK" not in proc.stdout
+    assert "`sft.peft.r` = 0" in proc.stderr
+
+
+def test_selecting_a_group_the_recipe_lacks_says_to_add_it():
+    msg = error_of("recipe=instruct", "hardware=gpu_8x", "deepspeed@sft.deepspeed=zero3")
+    assert "add one with `+deepspeed@sft.deepspeed=zero3`" in msg
+    assert plan_for("recipe=instruct", "hardware=gpu_8x", "+deepspeed@sft.deepspeed=zero3").stage("sft").args["deepspeed"]

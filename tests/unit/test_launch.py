@@ -1,0 +1,86 @@
+"""Launch commands and environments per hardware profile (computed without Habana's stack)."""
+
+import sys
+
+from tests.conftest import plan_for
+
+
+def test_stack_llama_zero3_on_gaudi_sets_the_sync_env():
+    plan = plan_for("recipe=stack_llama2_70b", "hardware=gaudi2_8x")
+    sft = plan.stage("sft")
+    assert sft.launch["env"]["DEEPSPEED_HPU_ZERO3_SYNC_MARK_STEP_REQUIRED"] == "1"
+    assert sft.launch["env"]["PT_HPU_MAX_COMPOUND_OP_SIZE"] == "10"
+    assert "--use_deepspeed" in sft.launch["command"]
+    assert sft.args["deepspeed"]["zero_optimization"]["stage"] == 3
+    assert sft.args["deepspeed"]["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    a = sft.args
+    assert (a["per_device_train_batch_size"], a["gradient_accumulation_steps"]) == (1, 2)
+    assert a["max_steps"] == 500 and a["weight_decay"] == 0.05 and a["optim"] == "paged_adamw_32bit"
+    assert [s.kind for s in plan.stages] == ["sft", "merge", "dpo", "merge", "generate"]
+    dpo = plan.stage("dpo")
+    assert dpo.args["max_prompt_length"] == 256 and dpo.args["max_length"] == 512
+    assert plan.stage("merge_dpo").inputs[1]["stage"] == "merge_sft"  # DPO adapter merges into the merged SFT model
+    assert "optimum" not in sys.modules and "habana_frameworks" not in sys.modules
+
+
+def test_mixtral_on_four_cards():
+    plan = plan_for("recipe=mixtral_sft")  # the recipe's default hardware
+    sft = plan.stage("sft")
+    assert plan.hardware == "gaudi2_4x" and sft.launch["world_size"] == 4
+    a = sft.args
+    assert (a["per_device_train_batch_size"], a["gradient_accumulation_steps"]) == (2, 2)
+    assert sft.dataset["hub_id"] == "philschmid/dolly-15k-oai-style" and a["max_seq_length"] == 512
+    assert sft.launch["env"] == {"DEEPSPEED_HPU_ZERO3_SYNC_MARK_STEP_REQUIRED": "1"}
+
+
+def test_xeon_ddp_is_mpirun_with_a_hostfile_and_ccl():
+    plan = plan_for("recipe=instruct", "hardware=xeon_spr_ddp", "model=mpt_7b", "sft.global_batch_size=64",
+                    "sft.micro_batch_size=4", "hardware.master_addr=10.0.0.1")
+    spec = plan.stage("sft")
+    cmd = spec.launch["command"]
+    assert cmd[:8] == ["mpirun", "-f", "nodefile", "-n", "16", "-ppn", "4", "-genv"]
+    assert "OMP_NUM_THREADS=56" in cmd and "CCL_WORKER_COUNT=1" in cmd and "MASTER_ADDR=10.0.0.1" in cmd
+    assert spec.args["ddp_backend"] == "ccl" and spec.args["use_cpu"] is True and spec.args["bf16"] is True
+    assert (spec.args["per_device_train_batch_size"], spec.args["gradient_accumulation_steps"]) == (4, 1)
+    assert spec.model["trust_remote_code"] is True and spec.model["tokenizer"] == "EleutherAI/gpt-neox-20b"
+
+
+def test_gpu_8x_uses_torchrun_without_zero_and_deepspeed_with_it():
+    plain = plan_for("recipe=instruct", "hardware=gpu_8x").stage("sft").launch
+    assert plain["launcher"] == "torchrun" and plain["command"][0] == "torchrun"
+    assert "--nproc_per_node" in plain["command"]
+    zero = plan_for("recipe=neural_chat_v3", "hardware=gpu_8x").stage("sft").launch
+    assert zero["launcher"] == "deepspeed" and zero["command"][:1] == ["deepspeed"] and "--module" in zero["command"]
+
+
+def test_cpu_runs_in_process_and_ignores_zero_with_a_note():
+    plan = plan_for("recipe=neural_chat_v3", "hardware=cpu", "model=tiny_llama")
+    sft = plan.stage("sft")
+    assert sft.launch["launcher"] == "inprocess" and sft.launch["world_size"] == 1
+    assert sft.args["deepspeed"] is None and any("ZeRO-2 not used" in n for n in sft.notes)
+    assert sft.args["per_device_train_batch_size"] * sft.args["gradient_accumulation_steps"] == 64
+
+
+def test_dl1_multi_card_uses_gaudi_spawn_mpi():
+    spec = plan_for("recipe=instruct", "hardware=gaudi1_8x", "sft.global_batch_size=64", "sft.micro_batch_size=2").stage("sft")
+    assert "--use_mpi" in spec.launch["command"]
+    assert (spec.args["per_device_train_batch_size"], spec.args["gradient_accumulation_steps"]) == (2, 4)
+
+
+def test_cpu_precision_follows_native_bf16(monkeypatch):
+    from neuralchat_recipes.backends import cpu
+
+    assert cpu.cpu_has_native_bf16(frozenset({"avx512f", "amx_bf16"}))
+    assert cpu.cpu_has_native_bf16(frozenset({"avx512_bf16"}))
+    assert not cpu.cpu_has_native_bf16(frozenset({"avx2", "avx512f"}))
+    monkeypatch.setattr(cpu, "cpu_has_native_bf16", lambda flags=None: False)
+    assert plan_for("recipe=tiny").stage("sft").args["precision"] == "fp32"
+    monkeypatch.setattr(cpu, "cpu_has_native_bf16", lambda flags=None: True)
+    assert plan_for("recipe=tiny").stage("sft").args["precision"] == "bf16"
+
+
+def test_arc_gpu_matches_the_itrex_command():
+    spec = plan_for("recipe=instruct", "hardware=arc_gpu", "model=gemma_2b", "sft.global_batch_size=8",
+                    "sft.micro_batch_size=2").stage("sft")
+    assert spec.args["gradient_checkpointing"] is True and spec.args["precision"] == "fp32"
+    assert (spec.args["per_device_train_batch_size"], spec.args["gradient_accumulation_steps"]) == (2, 4)

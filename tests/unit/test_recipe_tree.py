@@ -1,0 +1,121 @@
+"""Walk the whole recipe tree: every file composes and validates; every recipe x hardware plans or says why not."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from neuralchat_recipes.compose import config_dir, group_options
+from neuralchat_recipes.config import ConfigError
+from tests.conftest import compose_recipe, plan_for
+
+ROOT = config_dir()
+RECIPES = group_options("recipe")
+HARDWARE = group_options("hardware")
+
+
+def test_tree_is_found_and_every_yaml_belongs_to_a_group():
+    files = sorted(ROOT.rglob("*.yaml"))
+    assert len(files) > 50
+    groups = {"recipe", "model", "dataset", "peft", "stage", "hardware", "deepspeed"}
+    for f in files:
+        rel = f.relative_to(ROOT)
+        assert rel.parts == ("config.yaml",) or rel.parts[0] in groups, rel
+        assert isinstance(yaml.safe_load(f.read_text()), dict), rel
+
+
+def test_required_entries_exist():
+    need = {
+        "model": "mistral_7b llama2_7b llama2_7b_chat llama2_70b codellama_7b mpt_7b falcon_7b starcoder "
+        "mixtral_8x7b mixtral_8x7b_instruct phi_2 gemma_2b flan_t5_xl tiny_llama",
+        "dataset": "slimorca orca_dpo_pairs alpaca intel_domain ultrachat_200k cnn_dailymail evol_codealpaca "
+        "codealpaca_20k dolly_15k_oai stack_exchange_paired tiny_sft tiny_dpo",
+        "peft": "lora p_tuning prefix_tuning prompt_tuning llama_adapter none",
+        "stage": "sft merge dpo eval generate",
+        "hardware": "cpu xeon_spr_ddp gaudi2_1x gaudi2_4x gaudi2_8x gaudi1_8x gpu_1x gpu_8x arc_gpu",
+        "recipe": "neural_chat_v3 stack_llama2_70b mixtral_sft dpo_mpt_7b dpo_llama2_7b_chat instruct tiny",
+    }
+    for group, names in need.items():
+        missing = set(names.split()) - set(group_options(group))
+        assert not missing, (group, missing)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("hardware", HARDWARE)
+def test_every_recipe_on_every_hardware_plans_or_says_why(recipe, hardware):
+    try:
+        plan = plan_for(f"recipe={recipe}", f"hardware={hardware}")
+    except ConfigError as exc:
+        text = str(exc)
+        assert "not supported because" in text or "not divisible by hardware" in text, text
+        return
+    assert plan.recipe == recipe and plan.hardware == hardware
+    assert [s.name for s in plan.stages] == compose_recipe(f"recipe={recipe}").pipeline
+    for spec in plan.stages:
+        assert len(spec.fingerprint) == 64
+        assert spec.launch["command"]
+        if spec.kind in ("sft", "dpo"):
+            a = spec.args
+            world = spec.launch["world_size"]
+            assert a["per_device_train_batch_size"] * a["gradient_accumulation_steps"] * world == a["global_batch_size"]
+
+
+@pytest.mark.parametrize("model", group_options("model"))
+def test_every_model_entry_validates_in_the_instruction_recipe(model):
+    cfg = compose_recipe("recipe=instruct", f"model={model}", "hardware=gpu_8x")
+    assert cfg.model.name == model
+
+
+@pytest.mark.parametrize("dataset", group_options("dataset"))
+def test_every_dataset_entry_validates(dataset):
+    from neuralchat_recipes.config.dataset import FORMAT_USES
+
+    cfg_path = ROOT / "dataset" / f"{dataset}.yaml"
+    fmt = yaml.safe_load(cfg_path.read_text())["format"]
+    stage = "sft" if "sft" in FORMAT_USES[fmt] else "dpo"
+    recipe = "instruct" if stage == "sft" else "dpo_llama2_7b_chat"
+    cfg = compose_recipe(f"recipe={recipe}", f"dataset@{stage}.dataset={dataset}")
+    ds = cfg.stages[stage].dataset
+    assert ds.name == dataset and (ds.hub_id or ds.path)
+
+
+@pytest.mark.parametrize("peft", group_options("peft"))
+def test_every_peft_entry_validates(peft):
+    cfg = compose_recipe("recipe=instruct", f"peft@sft.peft={peft}")
+    assert cfg.stages["sft"].peft.method == yaml.safe_load((ROOT / "peft" / f"{peft}.yaml").read_text())["method"]
+
+
+@pytest.mark.parametrize("ds", group_options("deepspeed"))
+def test_every_deepspeed_entry_plans_on_gpu_8x(ds):
+    plan = plan_for("recipe=instruct", "hardware=gpu_8x", f"+deepspeed@sft.deepspeed={ds}")
+    spec = plan.stage("sft")
+    assert spec.launch["launcher"] == "deepspeed"
+    assert spec.args["deepspeed"]["zero_optimization"]["stage"] in (2, 3)
+
+
+def test_every_stage_kind_is_used_by_some_recipe():
+    kinds = set()
+    for recipe in RECIPES:
+        kinds |= {s.kind for s in compose_recipe(f"recipe={recipe}", "hardware=gaudi2_8x").stages.values()}
+    assert kinds == {"sft", "merge", "dpo", "eval", "generate"}
+
+
+def test_group_files_list_every_field_so_any_key_is_overridable():
+    """Hydra refuses to override a key a file does not mention; so every entry lists every field."""
+    from neuralchat_recipes.config import DatasetConfig, HardwareConfig, ModelConfig
+    from neuralchat_recipes.config.peft import PEFT_METHODS
+    from neuralchat_recipes.config.stage import STAGE_KINDS, DeepSpeedConfig
+
+    fixed = {"model": ModelConfig, "dataset": DatasetConfig, "hardware": HardwareConfig, "deepspeed": DeepSpeedConfig}
+    for group in ("model", "dataset", "hardware", "deepspeed", "peft", "stage"):
+        for f in (ROOT / group).glob("*.yaml"):
+            data = yaml.safe_load(f.read_text())
+            cls = fixed.get(group) or (PEFT_METHODS[data["method"]] if group == "peft" else STAGE_KINDS[data["kind"]])
+            expected = set(cls.model_fields) - ({"dataset", "peft"} if group == "stage" and data["kind"] in ("sft", "dpo") else set())
+            assert set(data) == expected, (f.name, expected ^ set(data))
+
+
+def test_lora_rank_of_a_stage_is_overridable_from_the_command_line():
+    cfg = compose_recipe("recipe=neural_chat_v3", "sft.peft.r=32", "dpo.peft.r=4", "dpo.beta=0.05", "sft.learning_rate=2e-4")
+    assert cfg.stages["sft"].peft.r == 32 and cfg.stages["dpo"].peft.r == 4
+    assert cfg.stages["dpo"].beta == 0.05 and cfg.stages["sft"].learning_rate == 2e-4
