@@ -34,8 +34,13 @@ def execute(recipe: RecipeConfig) -> Any:
         print(f"OK: recipe {recipe.name} on {recipe.hardware.name} (world size {recipe.hardware.world_size}): {stages}")
         return plan
     from .runner import run_plan  # heavy imports start here
+    from .stages.common import StageError
 
-    return run_plan(recipe, plan)
+    try:
+        return run_plan(recipe, plan)
+    except StageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _task(cfg) -> Any:

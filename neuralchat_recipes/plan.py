@@ -101,8 +101,8 @@ def _dataset_identity(name: str, dataset) -> tuple[dict[str, Any], dict[str, Any
         path = resolve_data_path(dataset.path)
         if not path.is_file():
             raise PlanError(
-                [f"`{name}.dataset.path` = {dataset.path!r}: file not found (looked at {path}); "
-                 f"point it at the data file, e.g. `{name}.dataset.path=/data/alpaca_data.json`"]
+                [f"`{name}.path` = {dataset.path!r}: file not found (looked at {path}); "
+                 f"point it at the data file, e.g. `{name}.path=/data/alpaca_data.json`"]
             )
         info["resolved_path"] = str(path)
         info["sha256"] = file_sha256(path)
@@ -189,8 +189,12 @@ def build_plan(recipe: RecipeConfig) -> Plan:
         )
         if stage.kind == "merge" and upstream:
             inputs.append(by_name[upstream].inputs[0])  # the base the adapter was trained on
-        if stage.kind == "eval" and getattr(stage, "compare_base", False) and upstream:
-            inputs.append({"stage": None, "model": recipe.model.path, "revision": recipe.model.revision})
+        for other in getattr(stage, "compare", []):
+            if other == "base":
+                inputs.append({"stage": None, "model": recipe.model.path, "revision": recipe.model.revision})
+            elif other in by_name:
+                spec_o = by_name[other]
+                inputs.append({"stage": other, "fingerprint": spec_o.fingerprint, "output_dir": spec_o.output_dir})
 
         dataset_info = None
         fp_payload: dict[str, Any] = {
@@ -201,13 +205,15 @@ def build_plan(recipe: RecipeConfig) -> Plan:
             "upstream": [i.get("fingerprint") for i in inputs],
             "precision": precision,
         }
-        dataset = getattr(stage, "dataset", None)
-        if dataset is not None:
-            try:
-                dataset_info, fp_payload["data"] = _dataset_identity(name, dataset)
-            except PlanError as exc:
-                problems += exc.problems
-                continue
+        try:
+            for field_name in ("dataset", "preference_dataset"):
+                dataset = getattr(stage, field_name, None)
+                if dataset is not None:
+                    info, fp_payload[f"data:{field_name}"] = _dataset_identity(f"{name}.{field_name}", dataset)
+                    dataset_info = info if field_name == "dataset" else {**(dataset_info or {}), "preference": info}
+        except PlanError as exc:
+            problems += exc.problems
+            continue
 
         distributed = stage.kind in TRAIN_KINDS and hw.world_size > 1
         world = hw.world_size if distributed else 1
@@ -283,7 +289,8 @@ def build_plan(recipe: RecipeConfig) -> Plan:
             if peft_info["method"] == "lora" and not peft_info["target_modules"]:
                 peft_info["target_modules"] = "all-linear" if peft_info["all_linear"] else list(recipe.model.lora_target_modules)
         else:
-            args.update({k: v for k, v in stage.model_dump(mode="json").items() if k not in ("kind", "input", "dataset")})
+            args.update({k: v for k, v in stage.model_dump(mode="json").items()
+                         if k not in ("kind", "input", "dataset", "preference_dataset")})
 
         fingerprint = _hash(fp_payload)
         artifact_id = f"{stage.kind}-{fingerprint[:16]}"

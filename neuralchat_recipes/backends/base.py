@@ -41,6 +41,29 @@ class Backend:
             env["OMP_NUM_THREADS"] = str(self.hw.omp_num_threads)
         return env
 
+    # ---- run time (heavy imports happen inside) -------------------------------------
+    RUNTIME_ARG_KEYS = ("use_cpu", "ddp_backend")
+
+    def runtime_training_kwargs(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The backend's entries of the plan's args that go straight into the training arguments."""
+        return {k: args[k] for k in self.RUNTIME_ARG_KEYS if k in args}
+
+    def sft_classes(self):
+        from trl import SFTConfig, SFTTrainer
+
+        return SFTTrainer, SFTConfig
+
+    def dpo_classes(self):
+        from trl import DPOConfig, DPOTrainer
+
+        return DPOTrainer, DPOConfig
+
+    def trainer_kwargs(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def torch_device(self) -> str:
+        return self.device
+
     def launcher_for(self, zero_stage: int | None, distributed: bool) -> str:
         if not distributed:
             return "inprocess"

@@ -42,6 +42,26 @@ class GaudiBackend(Backend):
         )
         return extras
 
+    RUNTIME_ARG_KEYS = (
+        "ddp_backend", "use_habana", "use_lazy_mode", "use_hpu_graphs_for_training",
+        "throughput_warmup_steps", "pipelining_fwd_bwd",
+    )
+
+    def sft_classes(self):  # pragma: no cover - needs Habana's stack
+        from optimum.habana.trl import GaudiSFTConfig, GaudiSFTTrainer
+
+        return GaudiSFTTrainer, GaudiSFTConfig
+
+    def dpo_classes(self):  # pragma: no cover - needs Habana's stack
+        from optimum.habana.trl import GaudiDPOConfig, GaudiDPOTrainer
+
+        return GaudiDPOTrainer, GaudiDPOConfig
+
+    def trainer_kwargs(self, args: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover - needs Habana's stack
+        from optimum.habana import GaudiConfig
+
+        return {"gaudi_config": GaudiConfig(**args["gaudi_config"])}
+
     def env(self, stage, zero_stage, model) -> dict[str, str]:
         env = super().env(stage, zero_stage, model)
         if zero_stage == 3:

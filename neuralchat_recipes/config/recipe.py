@@ -102,6 +102,24 @@ class RecipeConfig(StrictModel):
                     f"`{name}.global_batch_size` = {stage.global_batch_size}: not divisible by hardware "
                     f"{self.hardware.name!r}'s world size {world}; use a multiple of {world}"
                 )
+        pref = getattr(stage, "preference_dataset", None)
+        if pref is not None and "preference" not in pref.uses:
+            problems.append(f"`{name}.preference_dataset` = {pref.name!r}: format {pref.format!r} has no chosen/rejected pairs")
+        if stage.kind != "merge" and upstream is not None:
+            up = self.stages.get(upstream)
+            if up is not None and up.kind in TRAIN_KINDS and up.peft.method != "none":
+                problems.append(
+                    f"`{name}`: its input {upstream!r} is a {up.peft.method} adapter, not a model; "
+                    f"put a merge stage between them (or train {upstream!r} with `peft@{upstream}.peft=none`)"
+                )
+        for other in getattr(stage, "compare", []):
+            if other == "base":
+                continue
+            up = self.stages.get(other)
+            if other not in self.pipeline[: self.pipeline.index(name)] or up is None:
+                problems.append(f"`{name}.compare`: {other!r} is not `base` or an earlier stage")
+            elif up.kind in TRAIN_KINDS and up.peft.method != "none" or up.kind in ("eval", "generate"):
+                problems.append(f"`{name}.compare`: {other!r} does not produce a model (compare a merge stage instead)")
         if stage.kind == "merge":
             if upstream is None:
                 problems.append(f"`{name}`: a merge stage needs an upstream adapter, but its input is the base model")

@@ -181,19 +181,28 @@ class EvalStage(StageBase):
     num_fewshot: int | None = Field(default=None, ge=0, description="Few-shot examples per task (null: the task's default).")
     limit: int | None = Field(default=None, ge=1, description="Evaluate only the first N examples of each task.")
     batch_size: int = Field(default=1, ge=1, description="Evaluation batch size.")
-    dataset: DatasetConfig | None = Field(default=None, description="Data for the builtin harness.")
+    dataset: DatasetConfig | None = Field(
+        default=None, description="Builtin harness: conversations whose last assistant turn is the reference answer."
+    )
+    preference_dataset: DatasetConfig | None = Field(
+        default=None,
+        description="Builtin harness: preference pairs; scores how often a model gives the chosen answer a higher "
+        "log-likelihood than the rejected one (what DPO optimises).",
+    )
     max_new_tokens: int = Field(default=32, ge=1, description="Generation budget for exact-match scoring (builtin).")
     template: Template = Field(default="neural_chat", description="Prompt format for the builtin harness.")
-    compare_base: bool = Field(
-        default=False, description="Builtin harness: also score the recipe's untrained base model, for a before/after."
+    compare: list[str] = Field(
+        default_factory=list,
+        description="Also score these models for a before/after: `base` (the recipe's untrained base model) or "
+        "names of earlier stages that produce a model (e.g. `merge`).",
     )
 
     @model_validator(mode="after")
     def _has_work(self) -> "EvalStage":
         if self.harness == "lm_eval" and not self.tasks:
             raise ValueError("the lm_eval harness needs at least one task in `tasks`")
-        if self.harness == "builtin" and self.dataset is None:
-            raise ValueError("the builtin harness needs a `dataset`")
+        if self.harness == "builtin" and self.dataset is None and self.preference_dataset is None:
+            raise ValueError("the builtin harness needs a `dataset` or a `preference_dataset`")
         return self
 
 

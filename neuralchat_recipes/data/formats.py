@@ -1,0 +1,163 @@
+"""Format adapters: rows as the real datasets serve them -> one canonical shape per use.
+
+SFT rows become ``{"messages": [{"role": system|user|assistant, "content": str}, ...]}``;
+preference rows become ``{"prompt": [messages], "chosen": str, "rejected": str}``.
+Every row is checked; a bad one raises ``DataError`` naming the source, the row number and
+the problem, before any training starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+class DataError(ValueError):
+    """A data row that cannot be used, with where it is and what is wrong."""
+
+
+Row = dict[str, Any]
+
+
+def _need_str(row: Row, key: str, where: str, allow_empty: bool = False) -> str:
+    if key not in row or row[key] is None:
+        raise DataError(f"{where}: missing column {key!r} (columns present: {sorted(row)})")
+    value = row[key]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: column {key!r} must be a string, got {type(value).__name__} {value!r:.60}")
+    if not allow_empty and not value.strip():
+        raise DataError(f"{where}: column {key!r} is empty")
+    return value
+
+
+def _need_list(row: Row, key: str, where: str) -> list:
+    if key not in row or row[key] is None:
+        raise DataError(f"{where}: missing column {key!r} (columns present: {sorted(row)})")
+    value = row[key]
+    if not isinstance(value, list):
+        raise DataError(f"{where}: column {key!r} must be a list of turns, got {type(value).__name__}")
+    if not value:
+        raise DataError(f"{where}: column {key!r} is an empty conversation")
+    return value
+
+
+def _with_system(messages: list[Row], default_system: str | None) -> list[Row]:
+    if messages and messages[0]["role"] == "system":
+        if not messages[0]["content"].strip() and default_system:
+            return [{"role": "system", "content": default_system}, *messages[1:]]
+        return messages
+    return ([{"role": "system", "content": default_system}] if default_system else []) + messages
+
+
+def _check_conversation(messages: list[Row], where: str) -> list[Row]:
+    roles = [m["role"] for m in messages]
+    if "assistant" not in roles:
+        raise DataError(f"{where}: the conversation has no assistant turn to learn from (roles: {roles})")
+    if "user" not in roles:
+        raise DataError(f"{where}: the conversation has no user turn (roles: {roles})")
+    return messages
+
+
+_SLIMORCA_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
+
+
+def slimorca(row: Row, where: str, default_system: str | None) -> Row:
+    turns = _need_list(row, "conversations", where)
+    messages = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise DataError(f"{where}: conversations[{i}] must be an object with 'from' and 'value', got {turn!r:.80}")
+        role = _SLIMORCA_ROLES.get(turn["from"])
+        if role is None:
+            raise DataError(f"{where}: conversations[{i}].from = {turn['from']!r}; expected one of system, human, gpt")
+        if not isinstance(turn["value"], str):
+            raise DataError(f"{where}: conversations[{i}].value must be a string")
+        if role != "system" and not turn["value"].strip():
+            raise DataError(f"{where}: conversations[{i}] ({turn['from']}) is empty")
+        messages.append({"role": role, "content": turn["value"]})
+    return {"messages": _check_conversation(_with_system(messages, default_system), where)}
+
+
+def messages_format(row: Row, where: str, default_system: str | None) -> Row:
+    turns = _need_list(row, "messages", where)
+    messages = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
+            raise DataError(f"{where}: messages[{i}] must be an object with 'role' and 'content', got {turn!r:.80}")
+        if turn["role"] not in ("system", "user", "assistant"):
+            raise DataError(f"{where}: messages[{i}].role = {turn['role']!r}; expected system, user or assistant")
+        if not isinstance(turn["content"], str):
+            raise DataError(f"{where}: messages[{i}].content must be a string")
+        if turn["role"] != "system" and not turn["content"].strip():
+            raise DataError(f"{where}: messages[{i}] ({turn['role']}) is empty")
+        messages.append({"role": turn["role"], "content": turn["content"]})
+    return {"messages": _check_conversation(_with_system(messages, default_system), where)}
+
+
+def _pair(user: str, assistant: str, default_system: str | None) -> Row:
+    return {"messages": _with_system([{"role": "user", "content": user}, {"role": "assistant", "content": assistant}], default_system)}
+
+
+def alpaca(row: Row, where: str, default_system: str | None) -> Row:
+    instruction = _need_str(row, "instruction", where)
+    extra = row.get("input", "")
+    if extra is not None and not isinstance(extra, str):
+        raise DataError(f"{where}: column 'input' must be a string, got {type(extra).__name__}")
+    user = f"{instruction}\n\nInput:\n{extra}" if extra and extra.strip() else instruction
+    return _pair(user, _need_str(row, "output", where), default_system)
+
+
+def evol_codealpaca(row: Row, where: str, default_system: str | None) -> Row:
+    return _pair(_need_str(row, "instruction", where), _need_str(row, "output", where), default_system)
+
+
+def cnn_dailymail(row: Row, where: str, default_system: str | None) -> Row:
+    return _pair(_need_str(row, "article", where), _need_str(row, "highlights", where), default_system)
+
+
+def orca_dpo_pairs_pref(row: Row, where: str, default_system: str | None) -> Row:
+    system = _need_str(row, "system", where, allow_empty=True) if "system" in row else ""
+    prompt = _with_system([{"role": "system", "content": system}] if system.strip() else [], default_system)
+    prompt = prompt + [{"role": "user", "content": _need_str(row, "question", where)}]
+    return {"prompt": prompt, "chosen": _need_str(row, "chosen", where), "rejected": _need_str(row, "rejected", where)}
+
+
+def orca_dpo_pairs_sft(row: Row, where: str, default_system: str | None) -> Row:
+    pref = orca_dpo_pairs_pref(row, where, default_system)
+    return {"messages": pref["prompt"] + [{"role": "assistant", "content": pref["chosen"]}]}
+
+
+def stack_exchange_pref(row: Row, where: str, default_system: str | None) -> Row:
+    prompt = _with_system([{"role": "user", "content": _need_str(row, "question", where)}], default_system)
+    return {"prompt": prompt, "chosen": _need_str(row, "response_j", where), "rejected": _need_str(row, "response_k", where)}
+
+
+def stack_exchange_sft(row: Row, where: str, default_system: str | None) -> Row:
+    return _pair(_need_str(row, "question", where), _need_str(row, "response_j", where), default_system)
+
+
+ADAPTERS: dict[tuple[str, str], Callable[[Row, str, str | None], Row]] = {
+    ("slimorca", "sft"): slimorca,
+    ("messages", "sft"): messages_format,
+    ("ultrachat", "sft"): messages_format,
+    ("alpaca", "sft"): alpaca,
+    ("evol_codealpaca", "sft"): evol_codealpaca,
+    ("cnn_dailymail", "sft"): cnn_dailymail,
+    ("orca_dpo_pairs", "sft"): orca_dpo_pairs_sft,
+    ("orca_dpo_pairs", "preference"): orca_dpo_pairs_pref,
+    ("stack_exchange_paired", "sft"): stack_exchange_sft,
+    ("stack_exchange_paired", "preference"): stack_exchange_pref,
+}
+
+
+def convert_rows(rows, fmt: str, use: str, source: str, default_system: str | None = None) -> list[Row]:
+    """Convert every row (raising DataError at the first bad one, numbered from 1)."""
+    adapter = ADAPTERS[(fmt, use)]
+    out = []
+    for i, row in enumerate(rows, start=1):
+        where = f"{source}, row {i}"
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected an object with columns, got {type(row).__name__}")
+        out.append(adapter(row, where, default_system))
+    if not out:
+        raise DataError(f"{source}: no rows")
+    return out

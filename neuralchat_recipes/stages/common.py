@@ -1,0 +1,186 @@
+"""Factories shared by the stages: model and tokenizer loading, training arguments, progress.
+
+Read top to bottom like alignment-handbook's get_model / get_tokenizer: each takes the stage
+spec from the plan and the backend; nothing here asks which device it is on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from ..data.templates import jinja_chat_template
+
+log = logging.getLogger("neuralchat_recipes")
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+class StageError(RuntimeError):
+    """A stage that cannot run, with a message that says what to change."""
+
+
+def model_source(entry: dict[str, Any], model_cfg) -> str:
+    """Local path or hub id of a plan input: an upstream artifact, or the recipe's base model."""
+    if entry.get("output_dir"):
+        return entry["output_dir"]
+    path = entry["model"]
+    if path.startswith("builtin:"):
+        from ..tiny_model import resolve_builtin
+
+        return str(resolve_builtin(path))
+    return path
+
+
+def is_upstream(entry: dict[str, Any]) -> bool:
+    return bool(entry.get("output_dir"))
+
+
+def load_tokenizer(spec, source: str, template: str | None):
+    from transformers import AutoTokenizer
+
+    model = spec.model
+    name = source if (Path(source).is_dir() and (Path(source) / "tokenizer_config.json").is_file()) else (model["tokenizer"] or source)
+    tokenizer = AutoTokenizer.from_pretrained(
+        name,
+        use_fast=model["use_fast_tokenizer"],
+        trust_remote_code=model["trust_remote_code"],
+        revision=None if Path(name).is_dir() else model["revision"],
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = model["pad_token"] or tokenizer.eos_token
+    if template and template != "tokenizer":
+        tokenizer.chat_template = jinja_chat_template(template)
+    elif template == "tokenizer" and not tokenizer.chat_template:
+        raise StageError(f"template `tokenizer` needs a chat template in {name!r}, which has none; pick e.g. neural_chat")
+    return tokenizer
+
+
+def torch_dtype(spec, precision: str):
+    import torch
+
+    requested = spec.model["torch_dtype"]
+    name = DTYPES[precision] if requested == "auto" else requested
+    return getattr(torch, name)
+
+
+def load_model(spec, source: str, precision: str, causal: bool = True, dtype=None):
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    model = spec.model
+    cls = AutoModelForCausalLM if model["architecture"] == "causal" and causal else AutoModelForSeq2SeqLM
+    kwargs = dict(
+        dtype=dtype or torch_dtype(spec, precision),
+        trust_remote_code=model["trust_remote_code"],
+        use_safetensors=None if model["allow_pickle"] else True,
+    )
+    if not Path(source).is_dir():
+        kwargs["revision"] = model["revision"]
+    try:
+        return cls.from_pretrained(source, **kwargs)
+    except (OSError, EnvironmentError) as exc:
+        if not model["allow_pickle"] and "safetensors" in str(exc).lower():
+            raise StageError(
+                f"{source}: no safetensors weights found. Pickle (.bin) checkpoints can run code when loaded; "
+                f"if you trust this one, set `model.allow_pickle=true`"
+            ) from exc
+        raise
+
+
+def training_kwargs(args: dict[str, Any], output_dir: str, backend, config_cls, extra: dict[str, Any]) -> dict[str, Any]:
+    """TrainingArguments keyword arguments from the plan's resolved args, filtered to what config_cls takes."""
+    warm: dict[str, Any] = {}
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    if args["warmup_steps"]:
+        warm["warmup_steps"] = args["warmup_steps"]
+    elif args["warmup_ratio"]:
+        warm["warmup_ratio" if "warmup_ratio" in fields else "warmup_steps"] = args["warmup_ratio"]
+    kwargs: dict[str, Any] = dict(
+        output_dir=output_dir,
+        learning_rate=args["learning_rate"],
+        per_device_train_batch_size=args["per_device_train_batch_size"],
+        gradient_accumulation_steps=args["gradient_accumulation_steps"],
+        num_train_epochs=args["num_train_epochs"] or 1,
+        max_steps=args["max_steps"] or -1,
+        lr_scheduler_type=args["lr_scheduler_type"],
+        weight_decay=args["weight_decay"],
+        optim=args["optim"],
+        adam_epsilon=args["adam_epsilon"],
+        max_grad_norm=args["max_grad_norm"],
+        bf16=args["bf16"],
+        fp16=args["fp16"],
+        gradient_checkpointing=args["gradient_checkpointing"],
+        seed=args["seed"],
+        data_seed=args["seed"],
+        save_strategy="steps",
+        save_steps=args["save_steps"],
+        save_total_limit=args["save_total_limit"],
+        logging_steps=args["logging_steps"],
+        logging_first_step=True,
+        disable_tqdm=True,  # progress comes from our callback: one line per logging step
+        report_to=[],
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        **warm,
+        **backend.runtime_training_kwargs(args),
+        **extra,
+    )
+    dropped = sorted(k for k in kwargs if k not in fields)
+    if dropped:
+        log.debug("training arguments not taken by %s: %s", config_cls.__name__, dropped)
+    return {k: v for k, v in kwargs.items() if k in fields}
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> str | None:
+    """The newest complete checkpoint (one whose trainer state was written), if any."""
+    if not checkpoint_dir.is_dir():
+        return None
+    done = [p for p in checkpoint_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    if not done:
+        return None
+    return str(max(done, key=lambda p: int(p.name.split("-")[-1])))
+
+
+def attach_progress(trainer, stage_name: str) -> list[dict[str, Any]]:
+    """Replace the trainer's printers with one line per logging step (step, loss, rate, ETA).
+
+    Returns the list the log history is collected into (for the manifest and the summary)."""
+    from transformers import PrinterCallback, ProgressCallback, TrainerCallback
+
+    history: list[dict[str, Any]] = []
+
+    class Progress(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.t0, self.step0 = time.time(), state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or not state.is_world_process_zero:
+                return
+            entry = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+            history.append(entry)
+            done = state.global_step - self.step0
+            rate = done / max(time.time() - self.t0, 1e-9)
+            eta = (state.max_steps - state.global_step) / rate if rate > 0 else float("nan")
+            keys = ("loss", "rewards/accuracies", "rewards/margins", "learning_rate", "train_loss")
+            text = " ".join(f"{k.split('/')[-1]}={entry[k]:.4g}" for k in keys if k in entry)
+            pct = 100 * state.global_step / max(state.max_steps, 1)
+            log.info("[%s] step %d/%d (%.0f%%) %s | %.2f steps/s, eta %.0fs", stage_name, state.global_step,
+                     state.max_steps, pct, text, rate, eta if math.isfinite(eta) else 0)
+
+    for cb in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(cb)
+    trainer.add_callback(Progress())
+    return history
+
+
+def loss_summary(history: list[dict[str, Any]], key: str = "loss") -> dict[str, float | None]:
+    values = [h[key] for h in history if key in h and isinstance(h[key], (int, float)) and math.isfinite(h[key])]
+    return {f"first_{key}": values[0] if values else None, f"last_{key}": values[-1] if values else None}
+
+
+def save_tokenizer_and_template(tokenizer, target: Path) -> None:
+    tokenizer.save_pretrained(target)

@@ -1,0 +1,86 @@
+"""DPO: TRL's DPOTrainer on preference rows, on top of the upstream model.
+
+With a LoRA adapter the reference model is the policy with its adapter disabled (TRL does
+that when it is given a peft_config and no ref_model), so no second copy of the weights is
+loaded. Prompts longer than ``max_prompt_length`` keep their end; ``pad_to_max`` pads every
+batch to ``max_length`` (static shapes for Gaudi).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import StageContext
+from .common import attach_progress, latest_checkpoint, load_model, load_tokenizer, log, loss_summary, model_source, training_kwargs
+from .peft_config import build_peft_config
+from .sft import _deepspeed_file
+
+
+def with_prompt_limit(trainer_cls, max_prompt_length: int):
+    """A DPOTrainer subclass that cuts tokenized prompts to their last max_prompt_length tokens."""
+
+    class PromptLimitedDPOTrainer(trainer_cls):
+        def _prepare_dataset(self, dataset, *a, **kw):
+            dataset = super()._prepare_dataset(dataset, *a, **kw)
+            if "prompt_ids" not in dataset.column_names:
+                return dataset  # older TRL (optimum-habana) applies max_prompt_length itself
+            return dataset.map(lambda ex: {"prompt_ids": ex["prompt_ids"][-max_prompt_length:]})
+
+    PromptLimitedDPOTrainer.__name__ = trainer_cls.__name__
+    return PromptLimitedDPOTrainer
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    from datasets import Dataset
+
+    from ..data.loading import load_rows
+    from ..data.templates import prompt_text
+
+    spec, args = ctx.spec, ctx.spec.args
+    source = model_source(spec.inputs[0], ctx.recipe.model)
+    tokenizer = load_tokenizer(spec, source, args["template"])
+    rows, data_source = load_rows(ctx.stage.dataset, "preference")
+    dataset = Dataset.from_list([
+        {"prompt": prompt_text(args["template"], r["prompt"], tokenizer.eos_token), "chosen": r["chosen"], "rejected": r["rejected"]}
+        for r in rows
+    ])
+    log.info("[%s] %d preference pairs from %s", spec.name, len(dataset), data_source)
+    model = load_model(spec, source, args["precision"])
+    trainer_cls, config_cls = ctx.backend.dpo_classes()
+    config = config_cls(**training_kwargs(args, str(ctx.checkpoints), ctx.backend, config_cls, dict(
+        beta=args["beta"],
+        loss_type=args["loss_type"],
+        label_smoothing=args["label_smoothing"],
+        max_length=args["max_length"],
+        max_prompt_length=args["max_prompt_length"],
+        pad_to_multiple_of=args["max_length"] if args["pad_to_max"] else None,
+        dataset_num_proc=None,
+        deepspeed=_deepspeed_file(ctx),
+    )))
+    trainer = with_prompt_limit(trainer_cls, args["max_prompt_length"])(
+        model=model,
+        ref_model=None,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=build_peft_config(spec.peft),
+        **ctx.backend.trainer_kwargs(args),
+    )
+    history = attach_progress(trainer, spec.name)
+    resume = latest_checkpoint(ctx.checkpoints)
+    if resume:
+        log.info("[%s] resuming from %s", spec.name, resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(ctx.final))
+        tokenizer.save_pretrained(str(ctx.final))
+    return {
+        "train_loss": result.training_loss,
+        "steps": trainer.state.global_step,
+        "samples": len(dataset),
+        "resumed_from": resume,
+        **loss_summary(history),
+        **loss_summary(history, "rewards/accuracies"),
+        **loss_summary(history, "rewards/margins"),
+        "history": history,
+    }

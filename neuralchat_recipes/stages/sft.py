@@ -1,0 +1,117 @@
+"""SFT: TRL's SFTTrainer on the dataset's rows rendered with the stage's template.
+
+Prompt tokens are masked from the loss (``loss_on: assistant``); the adapter (or the full
+weights), the tokenizer and its chat template are saved. Seq2seq models (FLAN-T5) use the HF
+Seq2SeqTrainer, since TRL's SFT trainer is for decoder-only models.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from . import StageContext
+from .common import (
+    attach_progress, latest_checkpoint, load_model, load_tokenizer, log, loss_summary, model_source,
+    training_kwargs,
+)
+from .peft_config import build_peft_config
+
+
+def _deepspeed_file(ctx: StageContext) -> str | None:
+    config = ctx.spec.args.get("deepspeed")
+    if not config:
+        return None
+    path = ctx.checkpoints.parent / "ds_config.json"
+    path.write_text(json.dumps(config, indent=2))
+    return str(path)
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    from datasets import Dataset
+
+    from ..data.loading import load_rows
+    from ..data.tokenize import tokenize_sft
+
+    spec, args = ctx.spec, ctx.spec.args
+    source = model_source(spec.inputs[0], ctx.recipe.model)
+    tokenizer = load_tokenizer(spec, source, args["template"])
+    rows, data_source = load_rows(ctx.stage.dataset, "sft")
+    if spec.model["architecture"] == "seq2seq":
+        return _run_seq2seq(ctx, source, tokenizer, rows)
+    examples = tokenize_sft(rows, tokenizer, args["template"], args["max_seq_length"], args["max_prompt_length"], args["loss_on"])
+    log.info("[%s] %d training samples from %s (%d tokens)", spec.name, len(examples), data_source,
+             sum(len(e["input_ids"]) for e in examples))
+    dataset = Dataset.from_list(examples)
+    model = load_model(spec, source, args["precision"])
+    trainer_cls, config_cls = ctx.backend.sft_classes()
+    config = config_cls(**training_kwargs(args, str(ctx.checkpoints), ctx.backend, config_cls, dict(
+        max_length=args["max_seq_length"],
+        packing=args["packing"],
+        group_by_length=args["group_by_length"],
+        dataset_num_proc=None,
+        deepspeed=_deepspeed_file(ctx),
+        include_num_input_tokens_seen=True,
+    )))
+    trainer = trainer_cls(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=build_peft_config(spec.peft),
+        **ctx.backend.trainer_kwargs(args),
+    )
+    history = attach_progress(trainer, spec.name)
+    resume = latest_checkpoint(ctx.checkpoints)
+    if resume:
+        log.info("[%s] resuming from %s", spec.name, resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(ctx.final))
+        tokenizer.save_pretrained(str(ctx.final))
+    return {
+        "train_loss": result.training_loss,
+        "steps": trainer.state.global_step,
+        "tokens_seen": int(trainer.state.num_input_tokens_seen or 0),
+        "samples": len(dataset),
+        "resumed_from": resume,
+        **loss_summary(history),
+        "history": history,
+    }
+
+
+def _run_seq2seq(ctx: StageContext, source: str, tokenizer, rows) -> dict[str, Any]:
+    """Encoder-decoder SFT (ITREX finetune_seq2seq.py): prompt -> encoder, answer -> labels."""
+    from datasets import Dataset
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    from ..data.templates import prompt_text
+
+    spec, args = ctx.spec, ctx.spec.args
+    max_prompt = args["max_prompt_length"] or args["max_seq_length"]
+    examples = []
+    for row in rows:
+        messages = row["messages"]
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        prompt = prompt_text(args["template"], messages[:last], tokenizer.eos_token)
+        enc = tokenizer(prompt, truncation=True, max_length=max_prompt)
+        enc["labels"] = tokenizer(messages[last]["content"], truncation=True, max_length=args["max_seq_length"])["input_ids"]
+        examples.append(dict(enc))
+    model = load_model(spec, source, args["precision"], causal=False)
+    peft_config = build_peft_config(spec.peft, seq2seq=True)
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config)
+    config = Seq2SeqTrainingArguments(**training_kwargs(args, str(ctx.checkpoints), ctx.backend, Seq2SeqTrainingArguments,
+                                                        dict(deepspeed=_deepspeed_file(ctx))))
+    trainer = Seq2SeqTrainer(model=model, args=config, train_dataset=Dataset.from_list(examples),
+                             data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), processing_class=tokenizer)
+    history = attach_progress(trainer, spec.name)
+    resume = latest_checkpoint(ctx.checkpoints)
+    result = trainer.train(resume_from_checkpoint=resume)
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(ctx.final))
+        tokenizer.save_pretrained(str(ctx.final))
+    return {"train_loss": result.training_loss, "steps": trainer.state.global_step, "samples": len(examples),
+            "resumed_from": resume, **loss_summary(history), "history": history}
