@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -6,6 +8,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _model_cache(tmp_path_factory):
+    """The builtin tiny model is built once per test session, in a private cache."""
+    if "NEURALCHAT_CACHE" not in os.environ:
+        os.environ["NEURALCHAT_CACHE"] = str(tmp_path_factory.mktemp("neuralchat-cache"))
+    yield
 
 
 def compose_recipe(*overrides):
@@ -20,6 +30,12 @@ def plan_for(*overrides):
     from neuralchat_recipes.plan import build_plan
 
     return build_plan(compose_recipe(*overrides))
+
+
+def run_cli(*args, cwd=None, env=None, timeout=900):
+    """Run `python -m neuralchat_recipes ARGS` as a user would."""
+    return subprocess.run([sys.executable, "-m", "neuralchat_recipes", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout)
 
 
 @pytest.fixture

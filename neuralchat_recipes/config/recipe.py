@@ -54,11 +54,6 @@ class RecipeConfig(StrictModel):
                 continue
             problems += self._stage_rules(name, stage, upstream)
             seen.append(name)
-        extra = [n for n in self.stages if n not in self.pipeline]
-        for n in extra:
-            problems.append(
-                f"`{n}`: stage settings for a stage that is not in `pipeline` {self.pipeline}; add it to `pipeline` or remove the block"
-            )
         if problems:
             raise ValueError("\n".join(problems))
         return self

@@ -1,0 +1,107 @@
+"""The default demo end to end on this CPU: train, merge, DPO, evaluate; re-runs and changes."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def statuses(stdout: str) -> dict[str, str]:
+    out = {}
+    for line in stdout.splitlines():
+        m = re.match(r"^(\w+)\s+(sft|merge|dpo|eval|generate)\s+(ran|cached)\s", line)
+        if m:
+            out[m.group(1)] = m.group(3)
+    return out
+
+
+def latest_summary(root: Path) -> dict:
+    runs = sorted((root / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
+    return json.loads((runs[-1] / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo") / "outputs"
+    proc = run_cli(f"output_root={root}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return root, proc
+
+
+def test_default_command_runs_the_tiny_recipe(demo):
+    root, proc = demo
+    assert statuses(proc.stdout) == {s: "ran" for s in ("sft", "merge", "dpo", "merge_dpo", "eval")}
+    assert "final model:" in proc.stdout
+    assert re.search(r"\[sft\] step \d+/500", proc.stderr), "progress lines while training"
+
+
+def test_sft_loss_falls_and_dpo_reward_accuracy_rises(demo):
+    root, _ = demo
+    stages = {s["name"]: s for s in latest_summary(root)["stages"]}
+    assert stages["sft"]["last_loss"] < 0.5 * stages["sft"]["first_loss"]
+    dpo = stages["dpo"]
+    assert dpo["last_rewards/accuracies"] > dpo["first_rewards/accuracies"]
+    assert dpo["last_rewards/margins"] > dpo["first_rewards/margins"]
+
+
+def test_final_model_is_better_than_the_untrained_one(demo):
+    root, _ = demo
+    results = {s["name"]: s for s in latest_summary(root)["stages"]}["eval"]["results"]
+    base, sft, final = results["base"], results["merge"], results["final"]
+    assert base["exact_match"] <= 0.05 and final["exact_match"] >= 0.5
+    assert final["answer_loss"] < base["answer_loss"] / 5
+    assert final["preference_margin"] > sft["preference_margin"]  # what DPO adds on top of SFT
+    assert final["preference_accuracy"] >= sft["preference_accuracy"] > base["preference_accuracy"]
+
+
+def test_merged_model_loads_with_plain_transformers_and_generates(demo):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root, _ = demo
+    final = Path(latest_summary(root)["final_model"])
+    assert (final / "model.safetensors").is_file() and not list(final.glob("adapter_*"))
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    model = AutoModelForCausalLM.from_pretrained(final)
+    messages = [{"role": "system", "content": "You are a helpful, respectful and honest assistant."},
+                {"role": "user", "content": "What is 2 plus 3 ?"}]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("### Assistant:\n") and "### User:\nWhat is 2 plus 3 ?</s>" in prompt
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    answer = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert re.fullmatch(r"2 plus 3 is \d+ \.", answer.strip()), answer
+
+
+def test_artifacts_have_manifests_without_secrets(demo):
+    root, _ = demo
+    for art in (root / "artifacts").iterdir():
+        manifest = json.loads((art / "manifest.json").read_text())
+        assert manifest["fingerprint"].startswith(art.name.split("-", 1)[1])
+        assert {"config", "versions", "metrics", "wall_time_s", "inputs"} <= set(manifest)
+        assert manifest["versions"]["transformers"]
+    sft = next((root / "artifacts").glob("sft-*"))
+    assert json.loads((sft / "manifest.json").read_text())["tokens_seen"] > 0
+    assert (sft / "adapter_model.safetensors").is_file() and (sft / "tokenizer_config.json").is_file()
+
+
+def test_rerun_skips_every_stage_and_changing_beta_reruns_dpo_onward(demo):
+    root, _ = demo
+    before = {p.name: p.stat().st_mtime for p in (root / "artifacts").iterdir()}
+    again = run_cli(f"output_root={root}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert set(statuses(again.stdout).values()) == {"cached"}
+    assert "skipped: finished earlier" in again.stderr
+    assert {p.name: p.stat().st_mtime for p in (root / "artifacts").iterdir()} == before  # nothing rewritten
+
+    beta = run_cli(f"output_root={root}", "dpo.beta=0.2", "dpo.max_steps=20")
+    assert beta.returncode == 0, beta.stderr[-3000:]
+    assert statuses(beta.stdout) == {"sft": "cached", "merge": "cached", "dpo": "ran", "merge_dpo": "ran", "eval": "ran"}
+    for name, mtime in before.items():  # earlier artifacts are untouched
+        assert (root / "artifacts" / name).stat().st_mtime == mtime
