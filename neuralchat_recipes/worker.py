@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -28,14 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     from .runner import quiet_libraries, setup_logging
     from .stages import STAGES, StageContext
 
+    rank = int(os.environ.get("RANK", os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0"))))
     setup_logging()
+    if rank != 0:
+        logging.getLogger("neuralchat_recipes").setLevel(logging.WARNING)  # one copy of the progress lines
     quiet_libraries()
     recipe = build_recipe(json.loads(args.recipe.read_text()))
     spec = build_plan(recipe).stage(args.stage)
     staging = Path(spec.staging_dir)
     ctx = StageContext(recipe, spec, get_backend(recipe.hardware), staging / "checkpoints", staging / "final")
     metrics = STAGES[spec.kind](ctx)
-    rank = int(os.environ.get("RANK", os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0"))))
     if rank == 0:
         (staging / "result.json").write_text(json.dumps(metrics, default=str))
     return 0

@@ -1,0 +1,107 @@
+"""Format adapters read the real datasets' row schemas; bad rows are named by source, row and problem."""
+
+import json
+
+import pytest
+
+from neuralchat_recipes.data.formats import DataError, convert_rows
+from neuralchat_recipes.data.loading import _read_local
+from neuralchat_recipes.data.templates import jinja_chat_template, prompt_text, segments
+
+SYS = "You are a helpful, respectful and honest assistant."
+
+
+def test_slimorca_conversations_with_default_system():
+    row = {"conversations": [{"from": "system", "value": "", "weight": None},
+                             {"from": "human", "value": "hi", "weight": 0.0},
+                             {"from": "gpt", "value": "hello", "weight": 1.0}]}
+    (out,) = convert_rows([row], "slimorca", "sft", "f.jsonl", SYS)
+    assert out["messages"] == [{"role": "system", "content": SYS}, {"role": "user", "content": "hi"},
+                               {"role": "assistant", "content": "hello"}]
+
+
+@pytest.mark.parametrize("fmt,row,user,answer", [
+    ("alpaca", {"instruction": "Add", "input": "2 and 3", "output": "5", "text": "..."}, "Add\n\nInput:\n2 and 3", "5"),
+    ("alpaca", {"instruction": "Say hi", "input": "", "output": "hi"}, "Say hi", "hi"),
+    ("evol_codealpaca", {"instruction": "Write code", "output": "print(1)"}, "Write code", "print(1)"),
+    ("cnn_dailymail", {"article": "Long text", "highlights": "Short", "id": "x"}, "Long text", "Short"),
+    ("ultrachat", {"prompt": "q", "prompt_id": "1", "messages": [{"role": "user", "content": "q"},
+                                                                  {"role": "assistant", "content": "a"}]}, "q", "a"),
+    ("stack_exchange_paired", {"qid": 1, "question": "Q?", "date": "d", "metadata": [], "response_j": "good",
+                               "response_k": "bad"}, "Q?", "good"),
+])
+def test_sft_formats(fmt, row, user, answer):
+    (out,) = convert_rows([row], fmt, "sft", "src")
+    assert out["messages"][-2:] == [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+
+
+def test_preference_formats():
+    (orca,) = convert_rows([{"system": "", "question": "Q", "chosen": "c", "rejected": "r"}], "orca_dpo_pairs",
+                           "preference", "src", SYS)
+    assert orca == {"prompt": [{"role": "system", "content": SYS}, {"role": "user", "content": "Q"}],
+                    "chosen": "c", "rejected": "r"}
+    (se,) = convert_rows([{"question": "Q", "response_j": "j", "response_k": "k"}], "stack_exchange_paired",
+                         "preference", "src")
+    assert se["chosen"] == "j" and se["rejected"] == "k"
+
+
+@pytest.mark.parametrize("fmt,use,rows,expected", [
+    ("alpaca", "sft", [{"instruction": "a", "output": "b"}, {"instruction": "a"}], "src, row 2: missing column 'output'"),
+    ("alpaca", "sft", [{"instruction": 3, "output": "b"}], "src, row 1: column 'instruction' must be a string"),
+    ("messages", "sft", [{"messages": []}], "src, row 1: column 'messages' is an empty conversation"),
+    ("messages", "sft", [{"messages": [{"role": "user", "content": "hi"}]}], "no assistant turn"),
+    ("messages", "sft", [{"messages": [{"role": "bot", "content": "x"}]}], "messages[0].role = 'bot'"),
+    ("slimorca", "sft", [{"conversations": [{"from": "alien", "value": "x"}]}], "conversations[0].from = 'alien'"),
+    ("orca_dpo_pairs", "preference", [{"question": "q", "chosen": "", "rejected": "r"}], "column 'chosen' is empty"),
+    ("alpaca", "sft", [], "src: no rows"),
+])
+def test_bad_rows_are_named(fmt, use, rows, expected):
+    with pytest.raises(DataError) as info:
+        convert_rows(rows, fmt, use, "src")
+    assert expected in str(info.value)
+
+
+def test_bad_json_line_is_named_by_row(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"a": 1}\n{"a": \n')
+    with pytest.raises(DataError, match=r"d.jsonl, row 2: not valid JSON"):
+        _read_local(path)
+
+
+def test_neural_chat_template_matches_recipe_facts():
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}]
+    text = "".join(t for t, _ in segments("neural_chat", msgs, "</s>"))
+    assert text == "### System:\nS</s>\n### User:\nU</s>\n### Assistant:\nA</s>\n"
+    trained = "".join(t for t, tr in segments("neural_chat", msgs, "</s>") if tr)
+    assert trained == "A</s>"
+
+
+@pytest.mark.parametrize("template", ["neural_chat", "alpaca", "chatml", "llama2", "qa", "summarization", "plain"])
+def test_jinja_template_renders_like_python(template):
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = lambda m: (_ for _ in ()).throw(Exception(m))
+    source = jinja_chat_template(template).replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}, {"role": "assistant", "content": "A"},
+            {"role": "user", "content": "U2"}]
+    rendered = env.from_string(source).render(messages=msgs, eos_token="</s>", add_generation_prompt=True)
+    assert rendered == prompt_text(template, msgs, "</s>")
+
+
+def test_sft_tokenization_masks_the_prompt_and_keeps_the_answer_end():
+    from transformers import AutoTokenizer
+
+    from neuralchat_recipes.data.tokenize import tokenize_sft
+    from neuralchat_recipes.tiny_model import resolve_builtin
+
+    tok = AutoTokenizer.from_pretrained(resolve_builtin("builtin:tiny-llama"))
+    rows = [{"messages": [{"role": "system", "content": SYS}, {"role": "user", "content": "What is 2 plus 3 ?"},
+                          {"role": "assistant", "content": "2 plus 3 is 5 ."}]}]
+    (ex,) = tokenize_sft(rows, tok, "neural_chat", 64, None, "assistant")
+    trained = [i for i, m in zip(ex["input_ids"], ex["assistant_masks"]) if m]
+    assert tok.decode(trained) == "2 plus 3 is 5 . </s>"
+    (short,) = tokenize_sft(rows, tok, "neural_chat", 64, 6, "assistant")
+    assert sum(1 for m in short["assistant_masks"] if not m) == 6  # prompt cut to its last 6 tokens
+    (everything,) = tokenize_sft(rows, tok, "neural_chat", 64, None, "all")
+    assert all(everything["assistant_masks"])

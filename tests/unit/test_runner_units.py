@@ -1,0 +1,69 @@
+"""Runner pieces that need no training: secrets, pickle policy, locks, manifests' recipe JSON."""
+
+import json
+import threading
+import time
+
+import pytest
+
+from neuralchat_recipes.runner import recipe_json, scrub, stage_lock
+from tests.conftest import compose_recipe
+
+
+def test_scrub_hides_secret_keys_and_secret_env_values(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijklmnop")
+    data = {"hub_token": "abc", "hub_token_env": "HF_TOKEN", "tokens_seen": 5, "env": {"WANDB_API_KEY": "k" * 12},
+            "command": ["x", "--token=hf_abcdefghijklmnop"]}
+    out = scrub(data)
+    assert out["hub_token"] == "***" and out["hub_token_env"] == "HF_TOKEN" and out["tokens_seen"] == 5
+    assert out["env"]["WANDB_API_KEY"] == "***" and "hf_abcdefghijklmnop" not in json.dumps(out)
+
+
+def test_recipe_json_round_trips_and_hides_secrets(monkeypatch):
+    from neuralchat_recipes.config import build_recipe
+
+    monkeypatch.setenv("MY_SECRET", "supersecretvalue")
+    recipe = compose_recipe("recipe=neural_chat_v3", "hardware=gaudi2_8x", "+hardware.env.MY_SECRET=supersecretvalue")
+    text = recipe_json(recipe)
+    assert "supersecretvalue" not in text
+    again = build_recipe(json.loads(text))
+    assert again.stages == recipe.stages and again.model == recipe.model
+
+
+def test_pickle_checkpoints_need_an_explicit_opt_in(tmp_path):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from neuralchat_recipes.stages.common import StageError, load_model
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+
+    class Spec:
+        model = {"architecture": "causal", "trust_remote_code": False, "allow_pickle": False, "torch_dtype": "auto",
+                 "revision": None}
+
+    with pytest.raises(StageError, match="model.allow_pickle=true"):
+        load_model(Spec, str(tmp_path), "fp32")
+    Spec.model = {**Spec.model, "allow_pickle": True}
+    assert load_model(Spec, str(tmp_path), "fp32").config.hidden_size == 16
+
+
+def test_stage_lock_makes_the_second_holder_wait(tmp_path):
+    order = []
+
+    def hold():
+        with stage_lock(tmp_path / "s.lock", "s"):
+            order.append("first-in")
+            time.sleep(0.5)
+            order.append("first-out")
+
+    t = threading.Thread(target=hold)
+    t.start()
+    time.sleep(0.1)
+    with stage_lock(tmp_path / "s.lock", "s"):
+        order.append("second-in")
+    t.join()
+    assert order == ["first-in", "first-out", "second-in"]
