@@ -55,12 +55,20 @@ def main(argv: list[str] | None = None) -> Any:
     overrides = [a for a in argv if not a.startswith("-")]
     flags = [a for a in argv if a.startswith("-")]
     informational = any(f in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c", "--version") for f in flags)
+    multirun = any(f in ("-m", "--multirun") for f in flags)
     if not informational:
         try:
-            for raw in precheck(overrides):
-                build_plan(build_recipe(raw))
+            recipes = [build_recipe(raw) for raw in precheck(overrides)]
+            for recipe in recipes:
+                build_plan(recipe)
         except ConfigError as exc:
             _fail(exc)
+        if not multirun and not flags:
+            # a single job: it was composed by Hydra just now; run it without composing again
+            try:
+                return execute(recipes[0])
+            except ConfigError as exc:
+                _fail(exc)
 
     import hydra
 
