@@ -50,7 +50,12 @@ def _task(cfg) -> Any:
         _fail(exc)
 
 
-def main(argv: list[str] | None = None) -> Any:
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (its return value becomes the exit status, so it returns None)."""
+    _main(argv)
+
+
+def _main(argv: list[str] | None) -> Any:
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides = [a for a in argv if not a.startswith("-")]
     flags = [a for a in argv if a.startswith("-")]

@@ -168,6 +168,90 @@ def _check_fits(recipe: RecipeConfig, name: str, stage, precision: str, zero_sta
         )
 
 
+def _base_input(recipe: RecipeConfig) -> dict[str, Any]:
+    return {"stage": None, "model": recipe.model.path, "revision": recipe.model.revision}
+
+
+def _stage_input(spec: StageSpec) -> dict[str, Any]:
+    return {"stage": spec.name, "fingerprint": spec.fingerprint, "output_dir": spec.output_dir}
+
+
+def _inputs(recipe: RecipeConfig, stage, upstream: str | None, by_name: dict[str, StageSpec]) -> list[dict[str, Any]]:
+    """inputs[0] is what the stage consumes; a merge adds the base its adapter was trained on,
+    an evaluation adds the models it compares against."""
+    inputs = [_stage_input(by_name[upstream]) if upstream else _base_input(recipe)]
+    if stage.kind == "merge" and upstream:
+        inputs.append(by_name[upstream].inputs[0])
+    for other in getattr(stage, "compare", []):
+        inputs.append(_base_input(recipe) if other == "base" else _stage_input(by_name[other]))
+    return inputs
+
+
+def _zero_stage(stage, hw, distributed: bool, notes: list[str]) -> int | None:
+    """The ZeRO stage actually used: only for multi-device launches that can run DeepSpeed."""
+    if stage.deepspeed is None or not stage.deepspeed.zero_stage:
+        return None
+    zero = stage.deepspeed.zero_stage
+    if not distributed:
+        notes.append(f"deepspeed ZeRO-{zero} not used: the stage runs on one device")
+        return None
+    if not hw.supports_deepspeed:
+        notes.append(f"deepspeed ZeRO-{zero} not used: {hw.name} runs plain DDP ({hw.launcher}, {hw.ddp_backend})")
+        return None
+    return zero
+
+
+def _training_args(stage, hw, backend, precision: str, world: int, zero_stage: int | None, notes: list[str]) -> dict[str, Any]:
+    micro, accum = _micro_and_accum(stage.global_batch_size, world, stage.micro_batch_size)
+    if micro != stage.micro_batch_size:
+        notes.append(f"micro batch lowered from {stage.micro_batch_size} to {micro} so that "
+                     f"{micro} x {accum} x {world} = {stage.global_batch_size}")
+    args: dict[str, Any] = dict(
+        global_batch_size=stage.global_batch_size,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accum,
+        learning_rate=stage.learning_rate,
+        lr_scheduler_type=stage.lr_scheduler_type,
+        warmup_ratio=stage.warmup_ratio,
+        warmup_steps=stage.warmup_steps,
+        weight_decay=stage.weight_decay,
+        optim=backend.resolve_optim(stage.optim, notes),
+        adam_epsilon=stage.adam_epsilon,
+        max_grad_norm=stage.max_grad_norm,
+        num_train_epochs=stage.num_train_epochs,
+        max_steps=stage.max_steps,
+        gradient_checkpointing=hw.gradient_checkpointing if stage.gradient_checkpointing is None else stage.gradient_checkpointing,
+        seed=stage.seed,
+        save_steps=stage.save_steps,
+        save_total_limit=stage.save_total_limit,
+        logging_steps=stage.logging_steps,
+        template=stage.resolved_template,
+        deepspeed=build_ds_config(stage.deepspeed, stage, precision) if zero_stage else None,
+    )
+    if stage.kind == "sft":
+        args.update(task=stage.task, max_seq_length=stage.max_seq_length, max_prompt_length=stage.max_prompt_length,
+                    packing=stage.packing, loss_on=stage.loss_on, group_by_length=stage.group_by_length)
+    else:
+        args.update(
+            beta=stage.beta,
+            loss_type=stage.loss_type,
+            label_smoothing=stage.label_smoothing,
+            max_length=stage.max_length,
+            max_prompt_length=stage.max_prompt_length,
+            pad_to_max=hw.static_shapes if stage.pad_to_max is None else stage.pad_to_max,
+            reference_model="policy with adapter disabled" if stage.peft.method != "none" else "frozen copy of the input model",
+        )
+    args.update(backend.training_extras(stage, bool(zero_stage)))
+    return args
+
+
+def _peft_info(stage, model) -> dict[str, Any]:
+    info = stage.peft.model_dump(mode="json")
+    if info["method"] == "lora" and not info["target_modules"]:
+        info["target_modules"] = "all-linear" if info["all_linear"] else list(model.lora_target_modules)
+    return info
+
+
 def build_plan(recipe: RecipeConfig) -> Plan:
     hw = recipe.hardware
     backend = get_backend(hw)
@@ -182,21 +266,7 @@ def build_plan(recipe: RecipeConfig) -> Plan:
         upstream = recipe.upstream_of(name)
         if upstream and upstream not in by_name:
             continue  # the upstream stage already failed; its problem is reported
-        inputs = (
-            [{"stage": upstream, "fingerprint": by_name[upstream].fingerprint, "output_dir": by_name[upstream].output_dir}]
-            if upstream
-            else [{"stage": None, "model": recipe.model.path, "revision": recipe.model.revision}]
-        )
-        if stage.kind == "merge" and upstream:
-            inputs.append(by_name[upstream].inputs[0])  # the base the adapter was trained on
-        for other in getattr(stage, "compare", []):
-            if other == "base":
-                inputs.append({"stage": None, "model": recipe.model.path, "revision": recipe.model.revision})
-            elif other in by_name:
-                spec_o = by_name[other]
-                inputs.append({"stage": other, "fingerprint": spec_o.fingerprint, "output_dir": spec_o.output_dir})
-
-        dataset_info = None
+        inputs = _inputs(recipe, stage, upstream, by_name)
         fp_payload: dict[str, Any] = {
             "engine": ENGINE_FINGERPRINT_VERSION,
             "kind": stage.kind,
@@ -205,6 +275,7 @@ def build_plan(recipe: RecipeConfig) -> Plan:
             "upstream": [i.get("fingerprint") for i in inputs],
             "precision": precision,
         }
+        dataset_info = None
         try:
             for field_name in ("dataset", "preference_dataset"):
                 dataset = getattr(stage, field_name, None)
@@ -217,99 +288,37 @@ def build_plan(recipe: RecipeConfig) -> Plan:
 
         distributed = stage.kind in TRAIN_KINDS and hw.world_size > 1
         world = hw.world_size if distributed else 1
-        zero_stage = None
         args: dict[str, Any] = {"precision": precision, "bf16": precision == "bf16", "fp16": precision == "fp16"}
-        peft_info = None
+        zero_stage, peft_info = None, None
         if stage.kind in TRAIN_KINDS:
-            if stage.deepspeed is not None and stage.deepspeed.zero_stage:
-                if not distributed:
-                    notes.append(f"deepspeed ZeRO-{stage.deepspeed.zero_stage} not used: the stage runs on one device")
-                elif not hw.supports_deepspeed:
-                    notes.append(
-                        f"deepspeed ZeRO-{stage.deepspeed.zero_stage} not used: {hw.name} runs plain DDP "
-                        f"({hw.launcher}, {hw.ddp_backend})"
-                    )
-                else:
-                    zero_stage = stage.deepspeed.zero_stage
+            zero_stage = _zero_stage(stage, hw, distributed, notes)
             try:
                 _check_fits(recipe, name, stage, precision, zero_stage, world)
             except PlanError as exc:
                 problems += exc.problems
                 continue
-            micro, accum = _micro_and_accum(stage.global_batch_size, world, stage.micro_batch_size)
-            if micro != stage.micro_batch_size:
-                notes.append(
-                    f"micro batch lowered from {stage.micro_batch_size} to {micro} so that "
-                    f"{micro} x {accum} x {world} = {stage.global_batch_size}"
-                )
-            gc = stage.gradient_checkpointing if stage.gradient_checkpointing is not None else hw.gradient_checkpointing
-            args.update(
-                global_batch_size=stage.global_batch_size,
-                per_device_train_batch_size=micro,
-                gradient_accumulation_steps=accum,
-                learning_rate=stage.learning_rate,
-                lr_scheduler_type=stage.lr_scheduler_type,
-                warmup_ratio=stage.warmup_ratio,
-                warmup_steps=stage.warmup_steps,
-                weight_decay=stage.weight_decay,
-                optim=backend.resolve_optim(stage.optim, notes),
-                adam_epsilon=stage.adam_epsilon,
-                max_grad_norm=stage.max_grad_norm,
-                num_train_epochs=stage.num_train_epochs,
-                max_steps=stage.max_steps,
-                gradient_checkpointing=gc,
-                seed=stage.seed,
-                save_steps=stage.save_steps,
-                save_total_limit=stage.save_total_limit,
-                logging_steps=stage.logging_steps,
-                template=stage.resolved_template,
-                deepspeed=build_ds_config(stage.deepspeed, stage, precision) if zero_stage else None,
-            )
-            if stage.kind == "sft":
-                args.update(
-                    task=stage.task,
-                    max_seq_length=stage.max_seq_length,
-                    max_prompt_length=stage.max_prompt_length,
-                    packing=stage.packing,
-                    loss_on=stage.loss_on,
-                    group_by_length=stage.group_by_length,
-                )
-            else:
-                args.update(
-                    beta=stage.beta,
-                    loss_type=stage.loss_type,
-                    label_smoothing=stage.label_smoothing,
-                    max_length=stage.max_length,
-                    max_prompt_length=stage.max_prompt_length,
-                    pad_to_max=hw.static_shapes if stage.pad_to_max is None else stage.pad_to_max,
-                    reference_model="policy with adapter disabled" if stage.peft.method != "none" else "frozen copy of the input model",
-                )
-            args.update(backend.training_extras(stage, bool(zero_stage)))
-            peft_info = stage.peft.model_dump(mode="json")
-            if peft_info["method"] == "lora" and not peft_info["target_modules"]:
-                peft_info["target_modules"] = "all-linear" if peft_info["all_linear"] else list(recipe.model.lora_target_modules)
+            args.update(_training_args(stage, hw, backend, precision, world, zero_stage, notes))
+            peft_info = _peft_info(stage, recipe.model)
         else:
             args.update({k: v for k, v in stage.model_dump(mode="json").items()
                          if k not in ("kind", "input", "dataset", "preference_dataset")})
 
         fingerprint = _hash(fp_payload)
         artifact_id = f"{stage.kind}-{fingerprint[:16]}"
-        output_dir = str(root / "artifacts" / artifact_id)
-        staging_dir = str(root / "staging" / artifact_id)
+        staging_dir = root / "staging" / artifact_id
         env = backend.env(stage, zero_stage, recipe.model)
-        launch = backend.launch(name, str(Path(staging_dir) / "recipe.json"), zero_stage, distributed, env)
         spec = StageSpec(
             name=name,
             kind=stage.kind,
             inputs=inputs,
             fingerprint=fingerprint,
-            output_dir=output_dir,
-            staging_dir=staging_dir,
+            output_dir=str(root / "artifacts" / artifact_id),
+            staging_dir=str(staging_dir),
             model={**recipe.model.model_dump(mode="json"), "source": inputs[0].get("output_dir") or recipe.model.path},
             dataset=dataset_info,
             peft=peft_info,
             args=args,
-            launch=launch,
+            launch=backend.launch(name, str(staging_dir / "recipe.json"), zero_stage, distributed, env),
             notes=notes,
         )
         specs.append(spec)
@@ -317,4 +326,3 @@ def build_plan(recipe: RecipeConfig) -> Plan:
     if problems:
         raise PlanError(problems)
     return Plan(recipe=recipe.name, hardware=hw.name, world_size=hw.world_size, output_root=str(root), stages=specs)
-

@@ -57,40 +57,32 @@ def _check_conversation(messages: list[Row], where: str) -> list[Row]:
     return messages
 
 
-_SLIMORCA_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
+def _turns(row: Row, where: str, default_system: str | None, key: str, role_key: str, content_key: str,
+           roles: dict[str, str]) -> Row:
+    """A conversation column -> canonical messages, checking every turn."""
+    messages = []
+    for i, turn in enumerate(_need_list(row, key, where)):
+        if not isinstance(turn, dict) or role_key not in turn or content_key not in turn:
+            raise DataError(f"{where}: {key}[{i}] must be an object with '{role_key}' and '{content_key}', got {turn!r:.80}")
+        role = roles.get(turn[role_key])
+        if role is None:
+            raise DataError(f"{where}: {key}[{i}].{role_key} = {turn[role_key]!r}; expected one of {', '.join(roles)}")
+        if not isinstance(turn[content_key], str):
+            raise DataError(f"{where}: {key}[{i}].{content_key} must be a string")
+        if role != "system" and not turn[content_key].strip():
+            raise DataError(f"{where}: {key}[{i}] ({turn[role_key]}) is empty")
+        messages.append({"role": role, "content": turn[content_key]})
+    return {"messages": _check_conversation(_with_system(messages, default_system), where)}
 
 
 def slimorca(row: Row, where: str, default_system: str | None) -> Row:
-    turns = _need_list(row, "conversations", where)
-    messages = []
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
-            raise DataError(f"{where}: conversations[{i}] must be an object with 'from' and 'value', got {turn!r:.80}")
-        role = _SLIMORCA_ROLES.get(turn["from"])
-        if role is None:
-            raise DataError(f"{where}: conversations[{i}].from = {turn['from']!r}; expected one of system, human, gpt")
-        if not isinstance(turn["value"], str):
-            raise DataError(f"{where}: conversations[{i}].value must be a string")
-        if role != "system" and not turn["value"].strip():
-            raise DataError(f"{where}: conversations[{i}] ({turn['from']}) is empty")
-        messages.append({"role": role, "content": turn["value"]})
-    return {"messages": _check_conversation(_with_system(messages, default_system), where)}
+    roles = {"system": "system", "human": "user", "gpt": "assistant"}
+    return _turns(row, where, default_system, "conversations", "from", "value", roles)
 
 
 def messages_format(row: Row, where: str, default_system: str | None) -> Row:
-    turns = _need_list(row, "messages", where)
-    messages = []
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
-            raise DataError(f"{where}: messages[{i}] must be an object with 'role' and 'content', got {turn!r:.80}")
-        if turn["role"] not in ("system", "user", "assistant"):
-            raise DataError(f"{where}: messages[{i}].role = {turn['role']!r}; expected system, user or assistant")
-        if not isinstance(turn["content"], str):
-            raise DataError(f"{where}: messages[{i}].content must be a string")
-        if turn["role"] != "system" and not turn["content"].strip():
-            raise DataError(f"{where}: messages[{i}] ({turn['role']}) is empty")
-        messages.append({"role": turn["role"], "content": turn["content"]})
-    return {"messages": _check_conversation(_with_system(messages, default_system), where)}
+    roles = {"system": "system", "user": "user", "assistant": "assistant"}
+    return _turns(row, where, default_system, "messages", "role", "content", roles)
 
 
 def _pair(user: str, assistant: str, default_system: str | None) -> Row:

@@ -135,6 +135,18 @@ def training_kwargs(args: dict[str, Any], output_dir: str, backend, config_cls, 
     return {k: v for k, v in kwargs.items() if k in fields}
 
 
+def deepspeed_file(ctx) -> str | None:
+    """Write the plan's DeepSpeed config next to the checkpoints; the path for the training arguments."""
+    import json
+
+    config = ctx.spec.args.get("deepspeed")
+    if not config:
+        return None
+    path = ctx.checkpoints.parent / "ds_config.json"
+    path.write_text(json.dumps(config, indent=2))
+    return str(path)
+
+
 def latest_checkpoint(checkpoint_dir: Path) -> str | None:
     """The newest complete checkpoint (one whose trainer state was written), if any."""
     if not checkpoint_dir.is_dir():
@@ -175,6 +187,30 @@ def attach_progress(trainer, stage_name: str) -> list[dict[str, Any]]:
         trainer.remove_callback(cb)
     trainer.add_callback(Progress())
     return history
+
+
+def train_and_save(ctx, trainer, tokenizer, summarize: tuple[str, ...] = ("loss",)) -> dict[str, Any]:
+    """Train (resuming from the newest complete checkpoint), save the result on rank 0, report metrics."""
+    name = ctx.spec.name
+    history = attach_progress(trainer, name)
+    resume = latest_checkpoint(ctx.checkpoints)
+    if resume:
+        log.info("[%s] resuming from %s", name, resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(ctx.final))
+        tokenizer.save_pretrained(str(ctx.final))
+    metrics: dict[str, Any] = {
+        "train_loss": result.training_loss,
+        "steps": trainer.state.global_step,
+        "tokens_seen": int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0),
+        "samples": len(trainer.train_dataset),
+        "resumed_from": resume,
+    }
+    for key in summarize:
+        metrics.update(loss_summary(history, key))
+    metrics["history"] = history
+    return metrics
 
 
 def loss_summary(history: list[dict[str, Any]], key: str = "loss") -> dict[str, float | None]:

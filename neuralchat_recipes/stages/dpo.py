@@ -11,9 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import StageContext
-from .common import attach_progress, latest_checkpoint, load_model, load_tokenizer, log, loss_summary, model_source, training_kwargs
+from .common import deepspeed_file, load_model, load_tokenizer, log, model_source, train_and_save, training_kwargs
 from .peft_config import build_peft_config
-from .sft import _deepspeed_file
 
 
 def with_prompt_limit(trainer_cls, max_prompt_length: int):
@@ -55,7 +54,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         max_prompt_length=args["max_prompt_length"],
         pad_to_multiple_of=args["max_length"] if args["pad_to_max"] else None,
         dataset_num_proc=None,
-        deepspeed=_deepspeed_file(ctx),
+        deepspeed=deepspeed_file(ctx),
     )))
     trainer = with_prompt_limit(trainer_cls, args["max_prompt_length"])(
         model=model,
@@ -66,21 +65,4 @@ def run(ctx: StageContext) -> dict[str, Any]:
         peft_config=build_peft_config(spec.peft),
         **ctx.backend.trainer_kwargs(args),
     )
-    history = attach_progress(trainer, spec.name)
-    resume = latest_checkpoint(ctx.checkpoints)
-    if resume:
-        log.info("[%s] resuming from %s", spec.name, resume)
-    result = trainer.train(resume_from_checkpoint=resume)
-    if trainer.is_world_process_zero():
-        trainer.save_model(str(ctx.final))
-        tokenizer.save_pretrained(str(ctx.final))
-    return {
-        "train_loss": result.training_loss,
-        "steps": trainer.state.global_step,
-        "samples": len(dataset),
-        "resumed_from": resume,
-        **loss_summary(history),
-        **loss_summary(history, "rewards/accuracies"),
-        **loss_summary(history, "rewards/margins"),
-        "history": history,
-    }
+    return train_and_save(ctx, trainer, tokenizer, ("loss", "rewards/accuracies", "rewards/margins"))

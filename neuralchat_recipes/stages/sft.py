@@ -7,24 +7,11 @@ Seq2SeqTrainer, since TRL's SFT trainer is for decoder-only models.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from . import StageContext
-from .common import (
-    attach_progress, latest_checkpoint, load_model, load_tokenizer, log, loss_summary, model_source,
-    training_kwargs,
-)
+from .common import deepspeed_file, load_model, load_tokenizer, log, model_source, train_and_save, training_kwargs
 from .peft_config import build_peft_config
-
-
-def _deepspeed_file(ctx: StageContext) -> str | None:
-    config = ctx.spec.args.get("deepspeed")
-    if not config:
-        return None
-    path = ctx.checkpoints.parent / "ds_config.json"
-    path.write_text(json.dumps(config, indent=2))
-    return str(path)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -50,7 +37,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         packing=args["packing"],
         group_by_length=args["group_by_length"],
         dataset_num_proc=None,
-        deepspeed=_deepspeed_file(ctx),
+        deepspeed=deepspeed_file(ctx),
         include_num_input_tokens_seen=True,
     )))
     trainer = trainer_cls(
@@ -61,23 +48,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         peft_config=build_peft_config(spec.peft),
         **ctx.backend.trainer_kwargs(args),
     )
-    history = attach_progress(trainer, spec.name)
-    resume = latest_checkpoint(ctx.checkpoints)
-    if resume:
-        log.info("[%s] resuming from %s", spec.name, resume)
-    result = trainer.train(resume_from_checkpoint=resume)
-    if trainer.is_world_process_zero():
-        trainer.save_model(str(ctx.final))
-        tokenizer.save_pretrained(str(ctx.final))
-    return {
-        "train_loss": result.training_loss,
-        "steps": trainer.state.global_step,
-        "tokens_seen": int(trainer.state.num_input_tokens_seen or 0),
-        "samples": len(dataset),
-        "resumed_from": resume,
-        **loss_summary(history),
-        "history": history,
-    }
+    return train_and_save(ctx, trainer, tokenizer)
 
 
 def _run_seq2seq(ctx: StageContext, source: str, tokenizer, rows) -> dict[str, Any]:
@@ -104,14 +75,7 @@ def _run_seq2seq(ctx: StageContext, source: str, tokenizer, rows) -> dict[str, A
 
         model = get_peft_model(model, peft_config)
     config = Seq2SeqTrainingArguments(**training_kwargs(args, str(ctx.checkpoints), ctx.backend, Seq2SeqTrainingArguments,
-                                                        dict(deepspeed=_deepspeed_file(ctx))))
+                                                        dict(deepspeed=deepspeed_file(ctx))))
     trainer = Seq2SeqTrainer(model=model, args=config, train_dataset=Dataset.from_list(examples),
                              data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), processing_class=tokenizer)
-    history = attach_progress(trainer, spec.name)
-    resume = latest_checkpoint(ctx.checkpoints)
-    result = trainer.train(resume_from_checkpoint=resume)
-    if trainer.is_world_process_zero():
-        trainer.save_model(str(ctx.final))
-        tokenizer.save_pretrained(str(ctx.final))
-    return {"train_loss": result.training_loss, "steps": trainer.state.global_step, "samples": len(examples),
-            "resumed_from": resume, **loss_summary(history), "history": history}
+    return train_and_save(ctx, trainer, tokenizer)
