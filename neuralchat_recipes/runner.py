@@ -238,6 +238,9 @@ def run_stage(recipe: RecipeConfig, spec: StageSpec) -> dict[str, Any]:
 # ---- the whole plan -----------------------------------------------------------------------
 def run_plan(recipe: RecipeConfig, plan: Plan) -> dict[str, Any]:
     setup_logging()
+    token = os.environ.get(recipe.hub_token_env)
+    if token and recipe.hub_token_env != "HF_TOKEN":
+        os.environ["HF_TOKEN"] = token  # the hub libraries (and launched stages) read HF_TOKEN
     root = Path(plan.output_root)
     preflight(recipe, plan)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")

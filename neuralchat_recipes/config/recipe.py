@@ -30,7 +30,8 @@ class RecipeConfig(StrictModel):
     stages: dict[str, StageConfig] = Field(description="Stage settings by name (written at the top level of the recipe).")
     output_root: str = Field(default="outputs", description="Where stage artifacts and run records are written.")
     hub_token_env: str = Field(
-        default="HF_TOKEN", description="Environment variable holding a hub token (never written to manifests)."
+        default="HF_TOKEN", description="Environment variable holding the hub token for gated models and datasets; its value is "
+        "passed to the hub libraries as HF_TOKEN and never written to manifests or run records."
     )
 
     @model_validator(mode="after")

@@ -10,6 +10,8 @@ from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
+SECRET = "hf_s3cr3t_value_for_tests"
+
 
 def statuses(stdout: str) -> dict[str, str]:
     out = {}
@@ -28,7 +30,7 @@ def latest_summary(root: Path) -> dict:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo") / "outputs"
-    proc = run_cli(f"output_root={root}")
+    proc = run_cli(f"output_root={root}", "hub_token_env=MY_HUB_TOKEN", env={"MY_HUB_TOKEN": SECRET, "WANDB_API_KEY": SECRET})
     assert proc.returncode == 0, proc.stderr[-4000:]
     return root, proc
 
@@ -81,6 +83,9 @@ def test_merged_model_loads_with_plain_transformers_and_generates(demo):
 
 def test_artifacts_have_manifests_without_secrets(demo):
     root, _ = demo
+    for path in root.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".yaml", ".txt", ".jsonl"):
+            assert SECRET not in path.read_text(errors="ignore"), path
     for art in (root / "artifacts").iterdir():
         manifest = json.loads((art / "manifest.json").read_text())
         assert manifest["fingerprint"].startswith(art.name.split("-", 1)[1])
@@ -105,3 +110,11 @@ def test_rerun_skips_every_stage_and_changing_beta_reruns_dpo_onward(demo):
     assert statuses(beta.stdout) == {"sft": "cached", "merge": "cached", "dpo": "ran", "merge_dpo": "ran", "eval": "ran"}
     for name, mtime in before.items():  # earlier artifacts are untouched
         assert (root / "artifacts" / name).stat().st_mtime == mtime
+
+
+def test_a_sweep_over_dpo_beta_trains_sft_once(tmp_path):
+    proc = run_cli("-m", "pipeline=[sft,merge,dpo]", "sft.max_steps=20", "dpo.max_steps=3", "dpo.beta=0.1,0.2",
+                   f"output_root={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("[sft] running sft stage") == 1 and proc.stderr.count("[dpo] running dpo stage") == 2
+    assert len(list(tmp_path.glob("artifacts/sft-*"))) == 1 and len(list(tmp_path.glob("artifacts/dpo-*"))) == 2
