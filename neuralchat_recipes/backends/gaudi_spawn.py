@@ -8,6 +8,7 @@ It hands the command to optimum-habana's DistributedRunner (imported here, never
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:  # pragma: no cover - needs Habana's stack
         print(f"gaudi_spawn needs optimum-habana and Habana's SynapseAI stack: {exc}", file=sys.stderr)
         return 2
-    command = " ".join([args.script, *args.script_args])
+    command = shlex.join([args.script, *args.script_args])
     runner = DistributedRunner(
         command_list=[command],
         world_size=args.world_size,

@@ -119,7 +119,8 @@ class SFTStage(TrainStageBase):
         default=None, ge=1, description="Longest prompt part (ITREX max_source_length); longer prompts are cut from the left."
     )
     packing: bool = Field(
-        default=False, description="Concatenate samples into full-length rows (ITREX --dataset_concatenation)."
+        default=False, description="Concatenate samples and cut them into max_seq_length blocks (ITREX --dataset_concatenation); "
+        "samples in a block attend to each other, as in ITREX."
     )
     loss_on: Literal["assistant", "all"] = Field(
         default="assistant", description="`assistant` masks prompt tokens from the loss; `all` trains on every token."

@@ -35,6 +35,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     config = config_cls(**training_kwargs(args, str(ctx.checkpoints), ctx.backend, config_cls, dict(
         max_length=args["max_seq_length"],
         packing=args["packing"],
+        # ITREX --dataset_concatenation: concatenate and cut into max_length blocks. (TRL's default
+        # best-fit packing resets position ids per sample, which does not isolate samples with
+        # sdpa/eager attention, i.e. on CPU, Gaudi and XPU.)
+        packing_strategy="wrapped",
         group_by_length=args["group_by_length"],
         dataset_num_proc=None,
         deepspeed=deepspeed_file(ctx),

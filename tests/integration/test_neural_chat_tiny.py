@@ -93,3 +93,19 @@ def test_unwritable_output_location_is_reported_before_training(tmp_path):
     assert proc.returncode == 2
     assert "`output_root`" in proc.stderr and "cannot write there" in proc.stderr
     assert "[sft] running" not in proc.stderr
+
+
+def test_instruct_recipe_packs_samples_like_itrex_concatenation(tmp_path):
+    data = tmp_path / "alpaca_data.json"
+    data.write_text(json.dumps([{"instruction": f"Add {a} and {b} .", "input": "", "output": f"{a} plus {b} is {a + b} ."}
+                                for a in range(10) for b in range(10)]))
+    proc = run_cli("recipe=instruct", "model=tiny_llama", "hardware=cpu", "dataset@sft.dataset=alpaca_file",
+                   f"sft.dataset.path={data}", "sft.num_train_epochs=null", "sft.max_steps=20", "sft.logging_steps=5",
+                   "sft.max_seq_length=64", "sft.learning_rate=3e-3", f"output_root={tmp_path / 'out'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((next((tmp_path / "out" / "artifacts").glob("sft-*")) / "manifest.json").read_text())
+    assert manifest["args"]["packing"] is True and manifest["args"]["template"] == "alpaca"
+    tokens = manifest["metrics"]["tokens_seen"]
+    assert manifest["metrics"]["samples"] < 100  # 100 rows of ~30 tokens packed into 64-token blocks
+    assert tokens > 0.85 * 20 * 8 * 64  # blocks are (nearly all) full: unpacked rows would be ~30 tokens
+    assert manifest["metrics"]["last_loss"] < manifest["metrics"]["first_loss"]
