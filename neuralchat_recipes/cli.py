@@ -41,6 +41,9 @@ def execute(recipe: RecipeConfig) -> Any:
     except StageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
+        sys.exit(130)
 
 
 def _task(cfg) -> Any:

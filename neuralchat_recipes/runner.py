@@ -39,7 +39,9 @@ MODEL_KINDS = {"merge"}
 
 
 class RunError(ConfigError):
-    """Something about the run's surroundings (paths, data) that must change before training."""
+    """Something about the run's surroundings (paths, data, devices) that must change before training."""
+
+    heading = "cannot run"
 
 
 def setup_logging() -> None:
@@ -123,7 +125,8 @@ def preflight(recipe: RecipeConfig, plan: Plan) -> None:
     from .data.loading import load_rows
 
     check_writable(Path(plan.output_root))
-    problems = []
+    pending = [spec for spec in plan.stages if not is_cached(spec)]
+    problems = get_backend(recipe.hardware).runtime_problems({s.launch["launcher"] for s in pending}) if pending else []
     for spec in plan.stages:
         if is_cached(spec):
             continue
@@ -185,7 +188,10 @@ def _execute(recipe: RecipeConfig, spec: StageSpec, staging: Path) -> dict[str, 
     log.info("[%s] launching: %s", spec.name, " ".join(spec.launch["command"]))
     proc = subprocess.run(spec.launch["command"], env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"stage {spec.name} failed under {spec.launch['launcher']} (exit {proc.returncode})")
+        from .stages.common import StageError
+
+        raise StageError(f"stage {spec.name} failed under {spec.launch['launcher']} (exit {proc.returncode}); "
+                         f"its output is above. Checkpoints stay in {staging} and the next run resumes from them")
     return json.loads((staging / "result.json").read_text())
 
 
@@ -250,16 +256,10 @@ def run_plan(recipe: RecipeConfig, plan: Plan) -> dict[str, Any]:
     (run_dir / "recipe.json").write_text(recipe_json(recipe))
     log.info("recipe %s on %s: %s", recipe.name, recipe.hardware.name, " -> ".join(s.name for s in plan.stages))
     results = []
-    try:
-        for spec in plan.stages:
-            result = run_stage(recipe, spec)
-            results.append(result)
-            link = run_dir / spec.name
-            if not link.exists():
-                link.symlink_to(Path(spec.output_dir))
-    except KeyboardInterrupt:
-        log.info("interrupted: run the same command again to resume from the last checkpoint")
-        raise
+    for spec in plan.stages:
+        result = run_stage(recipe, spec)
+        results.append(result)
+        (run_dir / spec.name).symlink_to(Path(spec.output_dir))
     final_model = next((s.output_dir for s in reversed(plan.stages) if s.kind in MODEL_KINDS
                         or (s.kind == "sft" and s.peft and s.peft["method"] == "none")), None)
     summary = {"recipe": recipe.name, "hardware": recipe.hardware.name, "run_dir": str(run_dir),

@@ -64,6 +64,24 @@ class Backend:
     def torch_device(self) -> str:
         return self.device
 
+    def runtime_problems(self, launchers: set[str]) -> list[str]:
+        """What this machine lacks to run the profile (checked before any stage starts)."""
+        import shutil
+
+        problems = []
+        binaries = {"torchrun": "torchrun", "deepspeed": "deepspeed", "mpirun": "mpirun"}
+        for launcher in sorted(launchers):
+            exe = binaries.get(launcher)
+            if exe and shutil.which(exe) is None:
+                hint = {"deepspeed": "pip install 'neuralchat-recipes[deepspeed]'",
+                        "mpirun": "install Intel MPI / oneCCL (see ITREX's multi-node guide)",
+                        "torchrun": "it comes with torch; activate the environment that has it"}[launcher]
+                problems.append(f"hardware {self.hw.name!r} launches stages with `{exe}`, which is not on PATH; {hint}")
+        return problems + self.device_problems()
+
+    def device_problems(self) -> list[str]:
+        return []
+
     def launcher_for(self, zero_stage: int | None, distributed: bool) -> str:
         if not distributed:
             return "inprocess"

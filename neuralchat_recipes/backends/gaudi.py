@@ -62,6 +62,18 @@ class GaudiBackend(Backend):
 
         return {"gaudi_config": GaudiConfig(**args["gaudi_config"])}
 
+    def device_problems(self) -> list[str]:
+        import importlib.util
+
+        missing = [name for name in ("habana_frameworks", "optimum") if importlib.util.find_spec(name) is None]
+        if not missing and importlib.util.find_spec("optimum.habana") is None:
+            missing.append("optimum.habana")
+        if missing:
+            return [f"hardware {self.hw.name!r} needs Habana's SynapseAI stack and optimum-habana "
+                    f"({', '.join(missing)} not importable); run inside Habana's container with "
+                    "`pip install 'neuralchat-recipes[gaudi]'`, or pick a profile for this machine (e.g. hardware=cpu)"]
+        return []
+
     def env(self, stage, zero_stage, model) -> dict[str, str]:
         env = super().env(stage, zero_stage, model)
         if zero_stage == 3:

@@ -14,3 +14,11 @@ class XpuBackend(Backend):
             notes.append(f"optim {optim} needs bitsandbytes on CUDA; using adamw_torch on xpu")
             return "adamw_torch"
         return optim
+
+    def device_problems(self) -> list[str]:
+        import torch
+
+        if not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+            return [f"hardware {self.hw.name!r} needs an Intel GPU (torch.xpu), and none is available here; "
+                    "install the XPU build of torch / intel-extension-for-pytorch, or pick hardware=cpu"]
+        return []

@@ -28,12 +28,14 @@ class StrictModel(BaseModel):
 class ConfigError(Exception):
     """A recipe that cannot run, with one human-readable line per problem."""
 
+    heading = "invalid recipe"
+
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
 
     def __str__(self) -> str:  # pragma: no cover - trivial
-        head = "invalid recipe" if len(self.problems) == 1 else f"invalid recipe ({len(self.problems)} problems)"
+        head = self.heading if len(self.problems) == 1 else f"{self.heading} ({len(self.problems)} problems)"
         return head + ":\n" + "\n".join(f"  - {p}" for p in self.problems)
 
 
