@@ -91,6 +91,17 @@ def load_model(spec, source: str, precision: str, causal: bool = True, dtype=Non
         raise
 
 
+def check_adapter_fits(spec, model) -> None:
+    """Adapter settings that depend on the model's shape, checked with a message naming the key."""
+    peft = spec.peft or {}
+    layers = getattr(model.config, "num_hidden_layers", None)
+    if peft.get("method") == "llama_adapter" and layers is not None and peft["adapter_layers"] > layers:
+        raise StageError(
+            f"`{spec.name}.peft.adapter_layers` = {peft['adapter_layers']}: the model has only {layers} layers; "
+            f"set `{spec.name}.peft.adapter_layers={layers}` or fewer"
+        )
+
+
 def training_kwargs(args: dict[str, Any], output_dir: str, backend, config_cls, extra: dict[str, Any]) -> dict[str, Any]:
     """TrainingArguments keyword arguments from the plan's resolved args, filtered to what config_cls takes."""
     warm: dict[str, Any] = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import StageContext
-from .common import deepspeed_file, load_model, load_tokenizer, log, model_source, train_and_save, training_kwargs
+from .common import check_adapter_fits, deepspeed_file, load_model, load_tokenizer, log, model_source, train_and_save, training_kwargs
 from .peft_config import build_peft_config
 
 
@@ -45,6 +45,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ])
     log.info("[%s] %d preference pairs from %s", spec.name, len(dataset), data_source)
     model = load_model(spec, source, args["precision"])
+    check_adapter_fits(spec, model)
     trainer_cls, config_cls = ctx.backend.dpo_classes()
     config = config_cls(**training_kwargs(args, str(ctx.checkpoints), ctx.backend, config_cls, dict(
         beta=args["beta"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import StageContext
-from .common import deepspeed_file, load_model, load_tokenizer, log, model_source, train_and_save, training_kwargs
+from .common import StageError, check_adapter_fits, deepspeed_file, load_model, load_tokenizer, log, model_source, train_and_save, training_kwargs
 from .peft_config import build_peft_config
 
 
@@ -29,8 +29,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     examples = tokenize_sft(rows, tokenizer, args["template"], args["max_seq_length"], args["max_prompt_length"], args["loss_on"])
     log.info("[%s] %d training samples from %s (%d tokens)", spec.name, len(examples), data_source,
              sum(len(e["input_ids"]) for e in examples))
-    dataset = Dataset.from_list(examples)
     model = load_model(spec, source, args["precision"])
+    check_adapter_fits(spec, model)
+    if spec.peft and spec.peft["method"] in PLAIN_TRAINER_METHODS:
+        return _run_plain_trainer(ctx, model, tokenizer, examples)
+    dataset = Dataset.from_list(examples)
     trainer_cls, config_cls = ctx.backend.sft_classes()
     config = config_cls(**training_kwargs(args, str(ctx.checkpoints), ctx.backend, config_cls, dict(
         max_length=args["max_seq_length"],
@@ -52,6 +55,29 @@ def run(ctx: StageContext) -> dict[str, Any]:
         peft_config=build_peft_config(spec.peft),
         **ctx.backend.trainer_kwargs(args),
     )
+    return train_and_save(ctx, trainer, tokenizer)
+
+
+# TRL's SFTTrainer computes the loss through a fused LM head patched onto the base model, which
+# PEFT's adaption-prompt wrapper (LLaMA-Adapter) bypasses; those adapters train with the HF Trainer.
+PLAIN_TRAINER_METHODS = {"llama_adapter"}
+
+
+def _run_plain_trainer(ctx: StageContext, model, tokenizer, examples) -> dict[str, Any]:
+    from datasets import Dataset
+    from peft import get_peft_model
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    spec, args = ctx.spec, ctx.spec.args
+    if args["packing"]:
+        raise StageError(f"`{spec.name}.packing`: not supported with {spec.peft['method']}; set `{spec.name}.packing=false`")
+    rows = [{"input_ids": e["input_ids"], "attention_mask": [1] * len(e["input_ids"]),
+             "labels": [t if m else -100 for t, m in zip(e["input_ids"], e["assistant_masks"])]} for e in examples]
+    model = get_peft_model(model, build_peft_config(spec.peft))
+    config = TrainingArguments(**training_kwargs(args, str(ctx.checkpoints), ctx.backend, TrainingArguments, dict(
+        group_by_length=args["group_by_length"], deepspeed=deepspeed_file(ctx), include_num_input_tokens_seen=True)))
+    trainer = Trainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                      data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100))
     return train_and_save(ctx, trainer, tokenizer)
 
 
