@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from .config import DatasetConfig, HardwareConfig, ModelConfig, PeftConfig, RecipeConfig, StageConfig
-from .config.stage import DeepSpeedConfig
+from .config.deepspeed import DeepSpeedConfig
 
 
 def _relax(schema: Any) -> Any:

@@ -66,4 +66,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         peft_config=build_peft_config(spec.peft),
         **ctx.backend.trainer_kwargs(args),
     )
-    return train_and_save(ctx, trainer, tokenizer, ("loss", "rewards/accuracies", "rewards/margins"))
+    # with an adapter TRL keeps no second model: the reference is the policy with its adapter disabled
+    reference = "policy with adapter disabled" if trainer.ref_model is None else "separate frozen copy"
+    log.info("[%s] reference model: %s", spec.name, reference)
+    metrics = train_and_save(ctx, trainer, tokenizer, ("loss", "rewards/accuracies", "rewards/margins"))
+    return {**metrics, "reference_model": reference}

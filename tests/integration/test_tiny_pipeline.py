@@ -91,6 +91,8 @@ def test_artifacts_have_manifests_without_secrets(demo):
         assert manifest["fingerprint"].startswith(art.name.split("-", 1)[1])
         assert {"config", "versions", "metrics", "wall_time_s", "inputs"} <= set(manifest)
         assert manifest["versions"]["transformers"]
+    dpo = json.loads((next((root / "artifacts").glob("dpo-*")) / "manifest.json").read_text())
+    assert dpo["metrics"]["reference_model"] == "policy with adapter disabled"  # no second copy of the weights
     sft = next((root / "artifacts").glob("sft-*"))
     assert json.loads((sft / "manifest.json").read_text())["tokens_seen"] > 0
     assert (sft / "adapter_model.safetensors").is_file() and (sft / "tokenizer_config.json").is_file()

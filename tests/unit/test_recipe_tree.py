@@ -104,7 +104,8 @@ def test_group_files_list_every_field_so_any_key_is_overridable():
     """Hydra refuses to override a key a file does not mention; so every entry lists every field."""
     from neuralchat_recipes.config import DatasetConfig, HardwareConfig, ModelConfig
     from neuralchat_recipes.config.peft import PEFT_METHODS
-    from neuralchat_recipes.config.stage import STAGE_KINDS, DeepSpeedConfig
+    from neuralchat_recipes.config.deepspeed import DeepSpeedConfig
+    from neuralchat_recipes.config.stage import STAGE_KINDS
 
     fixed = {"model": ModelConfig, "dataset": DatasetConfig, "hardware": HardwareConfig, "deepspeed": DeepSpeedConfig}
     for group in ("model", "dataset", "hardware", "deepspeed", "peft", "stage"):
