@@ -13,7 +13,7 @@ from typing import Any
 
 from .compose import CONFIG_NAME, config_dir, precheck, to_plain
 from .config import ConfigError, RecipeConfig, build_recipe
-from .plan import build_plan
+from .plan import Plan, build_plan
 
 EXIT_CONFIG = 2
 
@@ -24,8 +24,8 @@ def _fail(exc: ConfigError) -> None:
     sys.exit(EXIT_CONFIG)
 
 
-def execute(recipe: RecipeConfig) -> Any:
-    plan = build_plan(recipe)
+def execute(recipe: RecipeConfig, plan: Plan | None = None) -> Any:
+    plan = plan or build_plan(recipe)
     if recipe.mode == "plan":
         print(plan.to_json())
         return plan
@@ -66,15 +66,13 @@ def _main(argv: list[str] | None) -> Any:
     multirun = any(f in ("-m", "--multirun") for f in flags)
     if not informational:
         try:
-            recipes = [build_recipe(raw) for raw in precheck(overrides)]
-            for recipe in recipes:
-                build_plan(recipe)
+            jobs = [(recipe, build_plan(recipe)) for recipe in map(build_recipe, precheck(overrides))]
         except ConfigError as exc:
             _fail(exc)
         if not multirun and not flags:
-            # a single job: it was composed by Hydra just now; run it without composing again
+            # a single job: Hydra composed it just now; run it without composing and planning again
             try:
-                return execute(recipes[0])
+                return execute(*jobs[0])
             except ConfigError as exc:
                 _fail(exc)
 

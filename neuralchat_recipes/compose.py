@@ -41,10 +41,7 @@ def _override_points(overrides: list[str]) -> list[list[str]]:
             choices.append([f"{prefix}{key}={value}" for value in ov.sweep_string_iterator()])
         else:
             choices.append([ov.input_line])
-    points = []
-    for combo in itertools.islice(itertools.product(*choices), MAX_PRECHECK_POINTS):
-        points.append(list(combo))
-    return points or [[]]
+    return [list(combo) for combo in itertools.islice(itertools.product(*choices), MAX_PRECHECK_POINTS)] or [[]]
 
 
 def compose(overrides: list[str]) -> dict[str, Any]:
@@ -53,7 +50,6 @@ def compose(overrides: list[str]) -> dict[str, Any]:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     GlobalHydra.instance().clear()
