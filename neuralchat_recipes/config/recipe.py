@@ -18,6 +18,13 @@ from .model import ModelConfig
 from .stage import STAGE_KINDS, TRAIN_KINDS, StageConfig
 
 
+def produces(stage) -> str | None:
+    """What a stage's artifact is: "model" (loadable on its own), "adapter" (needs its base), or None."""
+    if stage.kind in TRAIN_KINDS:
+        return "model" if stage.peft.method == "none" else "adapter"
+    return "model" if stage.kind == "merge" else None
+
+
 class RecipeConfig(StrictModel):
     name: str = Field(description="Recipe name.")
     description: str = Field(default="", description="What the recipe reproduces.")
@@ -46,7 +53,7 @@ class RecipeConfig(StrictModel):
                 seen.append(name)
                 continue
             stage = self.stages[name]
-            upstream = self.upstream_of(name, seen)
+            upstream = self.upstream_of(name)
             if stage.input not in (None, "base") and stage.input not in seen:
                 close = difflib.get_close_matches(stage.input, seen, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else f"; earlier stages: {', '.join(seen) or 'none'}"
@@ -59,15 +66,18 @@ class RecipeConfig(StrictModel):
             raise ValueError("\n".join(problems))
         return self
 
-    def upstream_of(self, name: str, before: list[str] | None = None) -> str | None:
-        """Name of the stage whose artifact ``name`` consumes, or None for the base model."""
+    def upstream_of(self, name: str) -> str | None:
+        """Name of the stage whose artifact ``name`` consumes, or None for the base model.
+
+        By default the nearest earlier stage that produces a model or an adapter (evaluation and
+        generation stages are skipped)."""
         stage = self.stages[name]
         if stage.input == "base":
             return None
         if stage.input is not None:
             return stage.input
-        idx = self.pipeline.index(name)
-        return self.pipeline[idx - 1] if idx > 0 else None
+        earlier = self.pipeline[: self.pipeline.index(name)]
+        return next((n for n in reversed(earlier) if n in self.stages and produces(self.stages[n])), None)
 
     def _stage_rules(self, name: str, stage: Any, upstream: str | None) -> list[str]:
         problems = []
@@ -101,32 +111,28 @@ class RecipeConfig(StrictModel):
         pref = getattr(stage, "preference_dataset", None)
         if pref is not None and "preference" not in pref.uses:
             problems.append(f"`{name}.preference_dataset` = {pref.name!r}: format {pref.format!r} has no chosen/rejected pairs")
-        if stage.kind != "merge" and upstream is not None:
-            up = self.stages.get(upstream)
-            if up is not None and up.kind in TRAIN_KINDS and up.peft.method != "none":
-                problems.append(
-                    f"`{name}`: its input {upstream!r} is a {up.peft.method} adapter, not a model; "
-                    f"put a merge stage between them (or train {upstream!r} with `peft@{upstream}.peft=none`)"
-                )
+        up = self.stages.get(upstream) if upstream else None
+        if stage.kind != "merge" and up is not None and produces(up) != "model":
+            what = f"a {up.peft.method} adapter" if produces(up) == "adapter" else f"no model ({up.kind} stages produce none)"
+            fix = (f"put a merge stage between them (or train {upstream!r} with `peft@{upstream}.peft=none`)"
+                   if produces(up) == "adapter" else f"set `{name}.input` to a stage that produces a model")
+            problems.append(f"`{name}`: its input {upstream!r} produces {what}; {fix}")
         for other in getattr(stage, "compare", []):
             if other == "base":
                 continue
-            up = self.stages.get(other)
-            if other not in self.pipeline[: self.pipeline.index(name)] or up is None:
+            if other not in self.pipeline[: self.pipeline.index(name)]:
                 problems.append(f"`{name}.compare`: {other!r} is not `base` or an earlier stage")
-            elif up.kind in TRAIN_KINDS and up.peft.method != "none" or up.kind in ("eval", "generate"):
+            elif produces(self.stages[other]) != "model":
                 problems.append(f"`{name}.compare`: {other!r} does not produce a model (compare a merge stage instead)")
         if stage.kind == "merge":
-            if upstream is None:
+            if up is None:
                 problems.append(f"`{name}`: a merge stage needs an upstream adapter, but its input is the base model")
-            else:
-                up = self.stages.get(upstream)
-                if up is None or up.kind not in TRAIN_KINDS or up.peft.method != "lora":
-                    what = "a model without an adapter" if up is None or up.kind not in TRAIN_KINDS else f"a {up.peft.method} adapter"
-                    problems.append(
-                        f"`{name}`: a merge stage needs an upstream LoRA adapter, but {upstream!r} produces {what}"
-                        + ("; only LoRA weights can be merged into the base" if up is not None and up.kind in TRAIN_KINDS else "")
-                    )
+            elif produces(up) != "adapter" or up.peft.method != "lora":
+                what = f"a {up.peft.method} adapter" if produces(up) == "adapter" else "no adapter"
+                problems.append(
+                    f"`{name}`: a merge stage needs an upstream LoRA adapter, but {upstream!r} produces {what}"
+                    + ("; only LoRA weights can be merged into the base" if produces(up) == "adapter" else "")
+                )
         return problems
 
 

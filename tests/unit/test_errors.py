@@ -126,3 +126,15 @@ def test_selecting_a_group_the_recipe_lacks_says_to_add_it():
     msg = error_of("recipe=instruct", "hardware=gpu_8x", "deepspeed@sft.deepspeed=zero3")
     assert "add one with `+deepspeed@sft.deepspeed=zero3`" in msg
     assert plan_for("recipe=instruct", "hardware=gpu_8x", "+deepspeed@sft.deepspeed=zero3").stage("sft").args["deepspeed"]
+
+
+def test_stage_after_an_eval_consumes_the_last_model_not_the_eval():
+    plan = plan_for("recipe=tiny", "pipeline=[sft,merge,eval,dpo,merge_dpo]")
+    assert plan.stage("dpo").inputs[0]["stage"] == "merge"
+    msg = error_of("recipe=tiny", "pipeline=[sft,merge,eval,dpo,merge_dpo]", "dpo.input=eval")
+    assert "`dpo`: its input 'eval' produces no model (eval stages produce none)" in msg
+
+
+def test_stage_reading_an_adapter_without_merge():
+    msg = error_of("recipe=neural_chat_v3", "hardware=gaudi2_8x", "dpo.input=sft")
+    assert "its input 'sft' produces a lora adapter" in msg and "merge stage" in msg
