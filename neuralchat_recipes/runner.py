@@ -127,9 +127,7 @@ def preflight(recipe: RecipeConfig, plan: Plan) -> None:
     check_writable(Path(plan.output_root))
     pending = [spec for spec in plan.stages if not is_cached(spec)]
     problems = get_backend(recipe.hardware).runtime_problems({s.launch["launcher"] for s in pending}) if pending else []
-    for spec in plan.stages:
-        if is_cached(spec):
-            continue
+    for spec in pending:
         stage = recipe.stages[spec.name]
         for field_name in ("dataset", "preference_dataset"):
             dataset = getattr(stage, field_name, None)

@@ -24,7 +24,7 @@ class StageError(RuntimeError):
     """A stage that cannot run, with a message that says what to change."""
 
 
-def model_source(entry: dict[str, Any], model_cfg) -> str:
+def model_source(entry: dict[str, Any]) -> str:
     """Local path or hub id of a plan input: an upstream artifact, or the recipe's base model."""
     if entry.get("output_dir"):
         return entry["output_dir"]
@@ -49,7 +49,7 @@ def load_tokenizer(spec, source: str, template: str | None):
         name,
         use_fast=model["use_fast_tokenizer"],
         trust_remote_code=model["trust_remote_code"],
-        revision=None if Path(name).is_dir() else model["revision"],
+        revision=model["revision"] if name == model["path"] else None,  # a separate tokenizer repo has its own
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = model["pad_token"] or tokenizer.eos_token

@@ -36,7 +36,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from ..data.templates import prompt_text
 
     spec, args = ctx.spec, ctx.spec.args
-    source = model_source(spec.inputs[0], ctx.recipe.model)
+    source = model_source(spec.inputs[0])
     tokenizer = load_tokenizer(spec, source, args["template"])
     rows, data_source = load_rows(ctx.stage.dataset, "preference")
     dataset = Dataset.from_list([

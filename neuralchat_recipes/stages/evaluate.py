@@ -80,7 +80,7 @@ def _builtin(ctx: StageContext) -> dict[str, Any]:
     results = {}
     for entry in ctx.spec.inputs:
         label = "final" if entry is ctx.spec.inputs[0] else _label(entry)
-        src = model_source(entry, ctx.recipe.model)
+        src = model_source(entry)
         tokenizer = load_tokenizer(ctx.spec, src, template)
         tokenizer.padding_side = "left"
         model = load_model(ctx.spec, src, "fp32").eval()
@@ -102,7 +102,7 @@ def _lm_eval(ctx: StageContext) -> dict[str, Any]:
         raise StageError("the lm_eval harness needs lm-eval: pip install 'neuralchat-recipes[eval]'") from exc
     args = ctx.spec.args
     entry = ctx.spec.inputs[0]
-    src = model_source(entry, ctx.recipe.model)
+    src = model_source(entry)
     model_args = f"pretrained={src},dtype=auto,trust_remote_code={ctx.spec.model['trust_remote_code']}"
     if not is_upstream(entry) and ctx.spec.model["revision"]:
         model_args += f",revision={ctx.spec.model['revision']}"

@@ -15,7 +15,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from ..data.templates import prompt_text
 
     spec, args = ctx.spec, ctx.spec.args
-    source = model_source(spec.inputs[0], ctx.recipe.model)
+    source = model_source(spec.inputs[0])
     tokenizer = load_tokenizer(spec, source, args["template"])
     tokenizer.padding_side = "left"
     model = load_model(spec, source, args["precision"]).eval()

@@ -20,7 +20,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     spec = ctx.spec
     adapter_dir = spec.inputs[0]["output_dir"]
-    base = model_source(spec.inputs[1], ctx.recipe.model)
+    base = model_source(spec.inputs[1])
     dtype = "auto" if spec.args["dtype"] == "auto" else getattr(torch, spec.args["dtype"])
     log.info("[%s] merging adapter %s into %s", spec.name, adapter_dir, base)
     model = load_model(spec, base, "fp32", dtype=dtype)
