@@ -206,6 +206,9 @@ def _zero_stage(stage, hw, distributed: bool, notes: list[str]) -> int | None:
     if not hw.supports_deepspeed:
         notes.append(f"deepspeed ZeRO-{zero} not used: {hw.name} runs plain DDP ({hw.launcher}, {hw.ddp_backend})")
         return None
+    if stage.deepspeed.scheduler == "warmup_decay" and stage.deepspeed.warmup_type == "cosine":
+        notes.append("DeepSpeed's WarmupDecayLR knows log and linear warmup; `cosine` (as in ITREX's ds_config) "
+                     "falls back to log warmup, then decays linearly")
     return zero
 
 
