@@ -187,6 +187,9 @@ class EvalStage(StageBase):
 class GenerateStage(StageBase):
     kind: Literal["generate"] = Field(default="generate", description="Generate answers to prompts with a model.")
     prompts: list[str] = Field(min_length=1, description="Prompts to answer.")
+    system: str | None = Field(
+        default=None, description="System prompt put before every prompt (use the one the model was trained with)."
+    )
     template: Template = Field(default="neural_chat", description="Prompt format the prompts are wrapped in.")
     max_new_tokens: int = Field(default=100, ge=1, description="Tokens to generate per prompt.")
     do_sample: bool = Field(default=False, description="Sample instead of greedy decoding.")

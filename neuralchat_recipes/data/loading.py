@@ -43,9 +43,20 @@ def _read_local(path: Path) -> list[dict[str, Any]]:
     raise DataError(f"{path}: unsupported data file type {suffix!r}; use .json, .jsonl, .parquet or .csv")
 
 
-@lru_cache(maxsize=8)
 def load_rows(dataset, use: str) -> tuple[list[dict[str, Any]], str]:
-    """(canonical rows, a description of the source) for a DatasetConfig."""
+    """(canonical rows, a description of the source) for a DatasetConfig.
+
+    Read once per process (preflight checks the rows, the stage then uses them), and again if
+    a local file changed in between."""
+    stamp = None
+    if dataset.path:
+        path = resolve_data_path(dataset.path)
+        stamp = (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None
+    return _load_rows(dataset, use, stamp)
+
+
+@lru_cache(maxsize=8)
+def _load_rows(dataset, use: str, stamp) -> tuple[list[dict[str, Any]], str]:
     if dataset.path:
         path = resolve_data_path(dataset.path)
         if not path.is_file():

@@ -24,7 +24,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     prompts = list(args["prompts"])
     for start in range(0, len(prompts), args["batch_size"]):
         chunk = prompts[start:start + args["batch_size"]]
-        texts = [prompt_text(args["template"], [{"role": "user", "content": p}], tokenizer.eos_token) for p in chunk]
+        system = [{"role": "system", "content": args["system"]}] if args["system"] else []
+        texts = [prompt_text(args["template"], [*system, {"role": "user", "content": p}], tokenizer.eos_token) for p in chunk]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         sample = dict(do_sample=True, temperature=args["temperature"], top_p=args["top_p"]) if args["do_sample"] else dict(do_sample=False)
         with torch.no_grad():

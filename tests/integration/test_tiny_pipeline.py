@@ -120,3 +120,14 @@ def test_a_sweep_over_dpo_beta_trains_sft_once(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("[sft] running sft stage") == 1 and proc.stderr.count("[dpo] running dpo stage") == 2
     assert len(list(tmp_path.glob("artifacts/sft-*"))) == 1 and len(list(tmp_path.glob("artifacts/dpo-*"))) == 2
+
+
+def test_generate_stage_answers_prompts_with_the_merged_model(tmp_path):
+    proc = run_cli("pipeline=[sft,merge,generate]", "+stage@generate=generate", "sft.max_steps=300",
+                   'generate.prompts=["What is 2 plus 3 ?","Add 4 and 4 ."]', "generate.max_new_tokens=8",
+                   "generate.batch_size=2", "generate.system='You are a helpful, respectful and honest assistant.'",
+                   f"output_root={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(l) for l in (next(tmp_path.glob("artifacts/generate-*")) / "generations.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["What is 2 plus 3 ?", "Add 4 and 4 ."]
+    assert all(re.fullmatch(r"\d plus \d is \d+ \.", r["response"]) for r in rows), rows
