@@ -105,3 +105,21 @@ def test_sft_tokenization_masks_the_prompt_and_keeps_the_answer_end():
     assert sum(1 for m in short["assistant_masks"] if not m) == 6  # prompt cut to its last 6 tokens
     (everything,) = tokenize_sft(rows, tok, "neural_chat", 64, None, "all")
     assert all(everything["assistant_masks"])
+
+
+def test_tokenizer_chat_template_path_matches_the_builtin_template():
+    """`template: tokenizer` (mixtral_sft) renders with the tokenizer's own Jinja template, turn by turn."""
+    from transformers import AutoTokenizer
+
+    from neuralchat_recipes.data.tokenize import tokenize_sft
+    from neuralchat_recipes.tiny_model import resolve_builtin
+
+    tok = AutoTokenizer.from_pretrained(resolve_builtin("builtin:tiny-llama"))  # its template is neural_chat
+    rows = [{"messages": [{"role": "system", "content": SYS}, {"role": "user", "content": "What is 2 plus 3 ?"},
+                          {"role": "assistant", "content": "2 plus 3 is 5 ."}, {"role": "user", "content": "Add 1 and 1 ."},
+                          {"role": "assistant", "content": "1 plus 1 is 2 ."}]}]
+    via_tokenizer = tokenize_sft(rows, tok, "tokenizer", 128, None, "assistant")
+    via_table = tokenize_sft(rows, tok, "neural_chat", 128, None, "assistant")
+    assert via_tokenizer == via_table
+    trained = [i for i, m in zip(via_table[0]["input_ids"], via_table[0]["assistant_masks"]) if m]
+    assert tok.decode(trained) == "2 plus 3 is 5 . </s> 1 plus 1 is 2 . </s>"
