@@ -120,6 +120,14 @@ def _dataset_identity(name: str, dataset) -> tuple[dict[str, Any], dict[str, Any
     return info, {k: v for k, v in info.items() if k != "name"}
 
 
+def _directory_identity(key: str, directory: str) -> str:
+    """Hash of every file under a directory (lm-eval task definitions and their data)."""
+    root = Path(directory).expanduser().resolve()
+    if not root.is_dir():
+        raise PlanError([f"`{key}` = {directory!r}: not a directory (looked at {root})"])
+    return _hash({str(p.relative_to(root)): file_sha256(p) for p in sorted(root.rglob("*")) if p.is_file()})
+
+
 def _model_identity(model) -> dict[str, Any]:
     keep = ("path", "revision", "architecture", "tokenizer", "use_fast_tokenizer", "torch_dtype", "pad_token")
     return {k: getattr(model, k) for k in keep}
@@ -293,6 +301,8 @@ def build_plan(recipe: RecipeConfig) -> Plan:
                 if dataset is not None:
                     info, fp_payload[f"data:{field_name}"] = _dataset_identity(f"{name}.{field_name}", dataset)
                     dataset_info = info if field_name == "dataset" else {**(dataset_info or {}), "preference": info}
+            if getattr(stage, "include_path", None):
+                fp_payload["tasks"] = _directory_identity(f"{name}.include_path", stage.include_path)
         except PlanError as exc:
             problems += exc.problems
             continue

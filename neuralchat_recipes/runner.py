@@ -297,9 +297,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         results = s.get("results")
         table: list[str] = []
         if isinstance(results, dict) and all(isinstance(v, dict) for v in results.values()):
-            columns = [("exact_match", "exact match", True), ("answer_loss", "answer loss", False),
-                       ("preference_accuracy", "prefers chosen", True), ("preference_margin", "log-prob margin", False)]
-            columns = [c for c in columns if any(c[0] in v for v in results.values())]
+            known = [("exact_match", "exact match", True), ("answer_loss", "answer loss", False),
+                     ("preference_accuracy", "prefers chosen", True), ("preference_margin", "log-prob margin", False)]
+            present = {k for v in results.values() for k in v}
+            columns = [c for c in known if c[0] in present]
+            columns += [(k, k, False) for k in sorted(present) if k not in {c[0] for c in known} | {"examples", "pairs",
+                                                                                                      "answer_perplexity"}]
             order = [k for k in results if k != "final"] + (["final"] if "final" in results else [])
             table.append(f"{'':37}{'model':<10}" + "".join(f"{title:>17}" for _, title, _ in columns))
             for label in order:

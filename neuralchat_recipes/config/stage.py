@@ -159,6 +159,15 @@ class EvalStage(StageBase):
     num_fewshot: int | None = Field(default=None, ge=0, description="Few-shot examples per task (null: the task's default).")
     limit: int | None = Field(default=None, ge=1, description="Evaluate only the first N examples of each task.")
     batch_size: int = Field(default=1, ge=1, description="Evaluation batch size.")
+    include_path: str | None = Field(
+        default=None, description="lm_eval: a directory of extra task YAMLs (local tasks, e.g. on local data files)."
+    )
+    apply_chat_template: bool = Field(
+        default=False, description="lm_eval: wrap prompts in the model's chat template (off for the Open LLM Leaderboard setup)."
+    )
+    system_instruction: str | None = Field(
+        default=None, description="lm_eval: system prompt used with the chat template."
+    )
     dataset: DatasetConfig | None = Field(
         default=None, description="Builtin harness: conversations whose last assistant turn is the reference answer."
     )

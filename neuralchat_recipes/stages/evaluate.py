@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 from . import StageContext
@@ -96,20 +97,31 @@ def _builtin(ctx: StageContext) -> dict[str, Any]:
 
 
 def _lm_eval(ctx: StageContext) -> dict[str, Any]:
+    """EleutherAI lm-evaluation-harness on the input model and every `compare` model."""
     try:
         import lm_eval
+        from lm_eval.tasks import TaskManager
     except ImportError as exc:
         raise StageError("the lm_eval harness needs lm-eval: pip install 'neuralchat-recipes[eval]'") from exc
     args = ctx.spec.args
-    entry = ctx.spec.inputs[0]
-    src = model_source(entry)
-    model_args = f"pretrained={src},dtype=auto,trust_remote_code={ctx.spec.model['trust_remote_code']}"
-    if not is_upstream(entry) and ctx.spec.model["revision"]:
-        model_args += f",revision={ctx.spec.model['revision']}"
-    out = lm_eval.simple_evaluate(model="hf", model_args=model_args, tasks=list(args["tasks"]),
-                                  num_fewshot=args["num_fewshot"], limit=args["limit"], batch_size=args["batch_size"],
-                                  device=ctx.backend.torch_device())
-    return {"harness": "lm_eval", "results": json.loads(json.dumps(out["results"], default=str))}
+    tasks = TaskManager(include_path=str(Path(args["include_path"]).expanduser().resolve())) if args["include_path"] else None
+    results: dict[str, dict[str, float]] = {}
+    for entry in ctx.spec.inputs:
+        label = "final" if entry is ctx.spec.inputs[0] else _label(entry)
+        src = model_source(entry)
+        model_args = f"pretrained={src},dtype=auto,trust_remote_code={ctx.spec.model['trust_remote_code']}"
+        if not is_upstream(entry) and ctx.spec.model["revision"] and not Path(src).is_dir():
+            model_args += f",revision={ctx.spec.model['revision']}"
+        out = lm_eval.simple_evaluate(
+            model="hf", model_args=model_args, tasks=list(args["tasks"]), num_fewshot=args["num_fewshot"],
+            limit=args["limit"], batch_size=args["batch_size"], device=ctx.backend.torch_device(), task_manager=tasks,
+            apply_chat_template=args["apply_chat_template"], system_instruction=args["system_instruction"],
+        )
+        results[label] = {f"{task}/{metric.split(',')[0]}": value for task, metrics in out["results"].items()
+                          for metric, value in metrics.items()
+                          if isinstance(value, (int, float)) and "stderr" not in metric}
+        log.info("[%s] %s (%s): %s", ctx.spec.name, label, src, ", ".join(f"{k} {v:.3g}" for k, v in results[label].items()))
+    return {"harness": "lm_eval", "results": results}
 
 
 def run(ctx: StageContext) -> dict[str, Any]:

@@ -58,3 +58,13 @@ def test_output_dirs_are_content_addressed(tmp_path):
     plan = plan_for(*BASE, f"output_root={tmp_path}")
     for spec in plan.stages:
         assert spec.output_dir == str(tmp_path / "artifacts" / f"{spec.kind}-{spec.fingerprint[:16]}")
+
+
+def test_lm_eval_task_files_are_fingerprinted(tmp_path):
+    (tmp_path / "t.yaml").write_text("task: a\n")
+    args = ("recipe=tiny", "eval.harness=lm_eval", "eval.tasks=[a]", f"eval.include_path={tmp_path}")
+    first = plan_for(*args).stage("eval").fingerprint
+    assert plan_for(*args).stage("eval").fingerprint == first
+    (tmp_path / "t.yaml").write_text("task: b\n")
+    assert plan_for(*args).stage("eval").fingerprint != first
+    assert plan_for(*args).stage("sft").fingerprint == plan_for("recipe=tiny").stage("sft").fingerprint
