@@ -41,7 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     metrics = STAGES[spec.kind](ctx)
     if rank == 0:
         (staging / "result.json").write_text(json.dumps(metrics, default=str))
+    shutdown_process_group()
     return 0
+
+
+def shutdown_process_group() -> None:
+    """Leave the process group together; a rank exiting with gloo's threads alive can abort at exit."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
