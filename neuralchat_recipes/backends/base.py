@@ -12,10 +12,14 @@ WORKER_MODULE = "neuralchat_recipes.worker"
 WORKER_SCRIPT = str(Path(__file__).resolve().parent.parent / "_scripts" / "run_stage.py")
 
 
+BITSANDBYTES_OPTIMS = {"paged_adamw_32bit", "adamw_8bit"}
+
+
 class Backend:
     """Plan-time answers for one hardware profile; run-time hooks import lazily."""
 
     device = "cpu"
+    has_bitsandbytes = True  # paged / 8-bit optimizers need bitsandbytes, which runs on CUDA
 
     def __init__(self, hardware):
         self.hw = hardware
@@ -25,6 +29,9 @@ class Backend:
         return self.hw.precision
 
     def resolve_optim(self, optim: str, notes: list[str]) -> str:
+        if optim in BITSANDBYTES_OPTIMS and not self.has_bitsandbytes:
+            notes.append(f"optim {optim} needs bitsandbytes on CUDA; using adamw_torch on {self.device}")
+            return "adamw_torch"
         return optim
 
     def training_extras(self, stage, zero: bool) -> dict[str, Any]:

@@ -7,9 +7,6 @@ from typing import Any
 
 from .base import Backend
 
-BITSANDBYTES_OPTIMS = {"paged_adamw_32bit", "adamw_8bit"}
-
-
 @lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     try:
@@ -30,17 +27,12 @@ def cpu_has_native_bf16(flags: frozenset[str] | None = None) -> bool:
 
 class CpuBackend(Backend):
     device = "cpu"
+    has_bitsandbytes = False
 
     def precision(self) -> str:
         if self.hw.precision == "auto":
             return "bf16" if cpu_has_native_bf16() else "fp32"
         return self.hw.precision
-
-    def resolve_optim(self, optim: str, notes: list[str]) -> str:
-        if optim in BITSANDBYTES_OPTIMS:
-            notes.append(f"optim {optim} needs bitsandbytes on CUDA; using adamw_torch on cpu")
-            return "adamw_torch"
-        return optim
 
     def training_extras(self, stage, zero: bool) -> dict[str, Any]:
         extras = super().training_extras(stage, zero)

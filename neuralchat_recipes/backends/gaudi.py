@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Backend
+from .base import BITSANDBYTES_OPTIMS, Backend
 
 
 class GaudiBackend(Backend):
     device = "hpu"
 
     def resolve_optim(self, optim: str, notes: list[str]) -> str:
-        if optim in {"paged_adamw_32bit", "adamw_8bit"} and self.hw.gaudi.use_fused_adam:
+        if optim in BITSANDBYTES_OPTIMS and self.hw.gaudi.use_fused_adam:
             notes.append(f"optim {optim} is replaced by Habana's fused AdamW (gaudi_config.use_fused_adam)")
         return optim
 

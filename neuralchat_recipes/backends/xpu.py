@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from .cpu import BITSANDBYTES_OPTIMS
 from .base import Backend
 
 
 class XpuBackend(Backend):
     device = "xpu"
-
-    def resolve_optim(self, optim: str, notes: list[str]) -> str:
-        if optim in BITSANDBYTES_OPTIMS:
-            notes.append(f"optim {optim} needs bitsandbytes on CUDA; using adamw_torch on xpu")
-            return "adamw_torch"
-        return optim
+    has_bitsandbytes = False
 
     def device_problems(self) -> list[str]:
         import torch

@@ -36,10 +36,6 @@ def model_source(entry: dict[str, Any]) -> str:
     return path
 
 
-def is_upstream(entry: dict[str, Any]) -> bool:
-    return bool(entry.get("output_dir"))
-
-
 def load_tokenizer(spec, source: str, template: str | None):
     from transformers import AutoTokenizer
 
@@ -227,7 +223,3 @@ def train_and_save(ctx, trainer, tokenizer, summarize: tuple[str, ...] = ("loss"
 def loss_summary(history: list[dict[str, Any]], key: str = "loss") -> dict[str, float | None]:
     values = [h[key] for h in history if key in h and isinstance(h[key], (int, float)) and math.isfinite(h[key])]
     return {f"first_{key}": values[0] if values else None, f"last_{key}": values[-1] if values else None}
-
-
-def save_tokenizer_and_template(tokenizer, target: Path) -> None:
-    tokenizer.save_pretrained(target)

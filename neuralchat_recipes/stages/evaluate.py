@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from . import StageContext
-from .common import StageError, is_upstream, load_model, load_tokenizer, log, model_source
+from .common import StageError, load_model, load_tokenizer, log, model_source
 
 
-def _label(entry: dict[str, Any]) -> str:
-    return entry["stage"] if entry.get("stage") else "base"
+def _models(ctx: StageContext) -> list[tuple[str, str]]:
+    """(label, source) of every model scored: the stage's input ("final"), then each `compare` model."""
+    first, *others = ctx.spec.inputs
+    return [("final", model_source(first))] + [(e["stage"] or "base", model_source(e)) for e in others]
 
 
 def _answer_logprob(model, tokenizer, prompt: str, answer: str) -> tuple[float, int]:
@@ -79,9 +81,7 @@ def _builtin(ctx: StageContext) -> dict[str, Any]:
     rows = load_rows(stage.dataset, "sft")[0] if stage.dataset else None
     pairs = load_rows(stage.preference_dataset, "preference")[0] if stage.preference_dataset else None
     results = {}
-    for entry in ctx.spec.inputs:
-        label = "final" if entry is ctx.spec.inputs[0] else _label(entry)
-        src = model_source(entry)
+    for label, src in _models(ctx):
         tokenizer = load_tokenizer(ctx.spec, src, template)
         tokenizer.padding_side = "left"
         model = load_model(ctx.spec, src, "fp32").eval()
@@ -106,11 +106,9 @@ def _lm_eval(ctx: StageContext) -> dict[str, Any]:
     args = ctx.spec.args
     tasks = TaskManager(include_path=str(Path(args["include_path"]).expanduser().resolve())) if args["include_path"] else None
     results: dict[str, dict[str, float]] = {}
-    for entry in ctx.spec.inputs:
-        label = "final" if entry is ctx.spec.inputs[0] else _label(entry)
-        src = model_source(entry)
+    for label, src in _models(ctx):
         model_args = f"pretrained={src},dtype=auto,trust_remote_code={ctx.spec.model['trust_remote_code']}"
-        if not is_upstream(entry) and ctx.spec.model["revision"] and not Path(src).is_dir():
+        if ctx.spec.model["revision"] and not Path(src).is_dir():  # a hub id: pin the entry's revision
             model_args += f",revision={ctx.spec.model['revision']}"
         out = lm_eval.simple_evaluate(
             model="hf", model_args=model_args, tasks=list(args["tasks"]), num_fewshot=args["num_fewshot"],
