@@ -30,12 +30,12 @@ from typing import Any
 from . import __version__
 from .backends import get_backend
 from .config import ConfigError, RecipeConfig
+from .config.recipe import produces
 from .plan import Plan, StageSpec
 
 log = logging.getLogger("neuralchat_recipes")
 
 SECRET_KEY = re.compile(r"(?i)(token|secret|passw|api[_-]?key|auth)")
-MODEL_KINDS = {"merge"}
 
 
 class RunError(ConfigError):
@@ -258,8 +258,7 @@ def run_plan(recipe: RecipeConfig, plan: Plan) -> dict[str, Any]:
         result = run_stage(recipe, spec)
         results.append(result)
         (run_dir / spec.name).symlink_to(Path(spec.output_dir))
-    final_model = next((s.output_dir for s in reversed(plan.stages) if s.kind in MODEL_KINDS
-                        or (s.kind == "sft" and s.peft and s.peft["method"] == "none")), None)
+    final_model = next((s.output_dir for s in reversed(plan.stages) if produces(recipe.stages[s.name]) == "model"), None)
     summary = {"recipe": recipe.name, "hardware": recipe.hardware.name, "run_dir": str(run_dir),
                "final_model": final_model, "stages": [_stage_summary(r) for r in results]}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -282,6 +281,22 @@ def _fmt(v: Any, pct: bool = False) -> str:
     return f"{100 * v:.0f}%" if pct else f"{v:.3g}"
 
 
+def _results_table(results: Any) -> list[str]:
+    """Evaluation results as rows: one per scored model (compared models first, then final)."""
+    if not isinstance(results, dict) or not all(isinstance(v, dict) for v in results.values()):
+        return []
+    known = [("exact_match", "exact match", True), ("answer_loss", "answer loss", False),
+             ("preference_accuracy", "prefers chosen", True), ("preference_margin", "log-prob margin", False)]
+    hidden = {c[0] for c in known} | {"examples", "pairs", "answer_perplexity"}
+    present = {k for v in results.values() for k in v}
+    columns = [c for c in known if c[0] in present] + [(k, k, False) for k in sorted(present - hidden)]
+    order = [k for k in results if k != "final"] + (["final"] if "final" in results else [])
+    rows = [f"{'':37}{'model':<10}" + "".join(f"{title:>17}" for _, title, _ in columns)]
+    for label in order:
+        rows.append(f"{'':37}{label:<10}" + "".join(f"{_fmt(results[label].get(key), pct):>17}" for key, _, pct in columns))
+    return rows
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     lines = [f"\nneuralchat-recipes: {summary['recipe']} on {summary['hardware']}",
              f"{'stage':<12}{'kind':<9}{'status':<8}{'time':>8}  result"]
@@ -294,20 +309,8 @@ def format_summary(summary: dict[str, Any]) -> str:
             detail += (f"; reward accuracy {_fmt(s['first_rewards/accuracies'], True)} -> "
                        f"{_fmt(s['last_rewards/accuracies'], True)}, margin {_fmt(s['first_rewards/margins'])} -> "
                        f"{_fmt(s['last_rewards/margins'])}")
-        results = s.get("results")
-        table: list[str] = []
-        if isinstance(results, dict) and all(isinstance(v, dict) for v in results.values()):
-            known = [("exact_match", "exact match", True), ("answer_loss", "answer loss", False),
-                     ("preference_accuracy", "prefers chosen", True), ("preference_margin", "log-prob margin", False)]
-            present = {k for v in results.values() for k in v}
-            columns = [c for c in known if c[0] in present]
-            columns += [(k, k, False) for k in sorted(present) if k not in {c[0] for c in known} | {"examples", "pairs",
-                                                                                                      "answer_perplexity"}]
-            order = [k for k in results if k != "final"] + (["final"] if "final" in results else [])
-            table.append(f"{'':37}{'model':<10}" + "".join(f"{title:>17}" for _, title, _ in columns))
-            for label in order:
-                table.append(f"{'':37}{label:<10}" + "".join(f"{_fmt(results[label].get(key), pct):>17}"
-                                                            for key, _, pct in columns))
+        table = _results_table(s.get("results"))
+        if table:
             detail = "before / after:"
         if s["status"] == "cached":
             detail = ("(cached) " + detail).strip()
