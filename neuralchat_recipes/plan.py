@@ -114,9 +114,8 @@ def _dataset_identity(name: str, dataset) -> tuple[dict[str, Any], dict[str, Any
             )
         info["resolved_path"] = str(path)
         info["sha256"] = file_sha256(path)
-        return info, {"sha256": info["sha256"], "split": dataset.split, "max_samples": dataset.max_samples,
-                      "validation_split_percentage": dataset.validation_split_percentage, "format": dataset.format,
-                      "default_system": dataset.default_system}
+        # every setting that shapes the rows, but the file by its bytes rather than its name or place
+        return info, {**{k: v for k, v in info.items() if k not in ("name", "path", "resolved_path")}}
     return info, {k: v for k, v in info.items() if k != "name"}
 
 
@@ -245,11 +244,15 @@ def _training_args(stage, hw, backend, precision: str, world: int, zero_stage: i
         save_total_limit=stage.save_total_limit,
         logging_steps=stage.logging_steps,
         template=stage.resolved_template,
+        do_eval=stage.do_eval,
+        eval_steps=stage.eval_steps,
         deepspeed=build_ds_config(stage.deepspeed, stage, precision) if zero_stage else None,
     )
     if stage.kind == "sft":
-        args.update(task=stage.task, max_seq_length=stage.max_seq_length, max_prompt_length=stage.max_prompt_length,
-                    packing=stage.packing, loss_on=stage.loss_on, group_by_length=stage.group_by_length)
+        args.update(task=stage.task, default_eval=stage.default_eval, max_seq_length=stage.max_seq_length,
+                    max_prompt_length=stage.max_prompt_length, packing=stage.packing, loss_on=stage.loss_on,
+                    group_by_length=stage.group_by_length,
+                    pad_to_max=hw.static_shapes if stage.pad_to_max is None else stage.pad_to_max)
     else:
         args.update(
             beta=stage.beta,

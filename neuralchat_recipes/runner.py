@@ -122,7 +122,7 @@ def check_writable(root: Path) -> None:
 def preflight(recipe: RecipeConfig, plan: Plan) -> None:
     """Everything that can fail cheaply fails here, before the first stage trains."""
     from .data.formats import DataError
-    from .data.loading import load_rows
+    from .data.loading import load_splits
 
     check_writable(Path(plan.output_root))
     pending = [spec for spec in plan.stages if not is_cached(spec)]
@@ -135,7 +135,7 @@ def preflight(recipe: RecipeConfig, plan: Plan) -> None:
                 continue
             use = "preference" if spec.kind == "dpo" or field_name == "preference_dataset" else "sft"
             try:
-                load_rows(dataset, use)
+                load_splits(dataset, use)
             except DataError as exc:
                 problems.append(f"`{spec.name}.{field_name}` ({dataset.name}): {exc}")
     if problems:

@@ -55,6 +55,11 @@ class Backend:
         """The backend's entries of the plan's args that go straight into the training arguments."""
         return {k: args[k] for k in self.RUNTIME_ARG_KEYS if k in args}
 
+    def trainer_classes(self):
+        from transformers import Trainer, TrainingArguments
+
+        return Trainer, TrainingArguments
+
     def sft_classes(self):
         from trl import SFTConfig, SFTTrainer
 

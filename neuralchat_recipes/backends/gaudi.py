@@ -47,6 +47,11 @@ class GaudiBackend(Backend):
         "throughput_warmup_steps", "pipelining_fwd_bwd",
     )
 
+    def trainer_classes(self):  # pragma: no cover - needs Habana's stack
+        from optimum.habana import GaudiTrainer, GaudiTrainingArguments
+
+        return GaudiTrainer, GaudiTrainingArguments
+
     def sft_classes(self):  # pragma: no cover - needs Habana's stack
         from optimum.habana.trl import GaudiSFTConfig, GaudiSFTTrainer
 

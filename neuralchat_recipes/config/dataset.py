@@ -21,6 +21,18 @@ RowFormat = Literal[
     "stack_exchange_paired",  # qid, question, date, metadata, response_j, response_k
 ]
 
+# The columns each format reads (what `columns` may rename a file's columns to).
+FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "slimorca": ("conversations",),
+    "alpaca": ("instruction", "input", "output"),
+    "ultrachat": ("messages",),
+    "messages": ("messages",),
+    "cnn_dailymail": ("article", "highlights"),
+    "evol_codealpaca": ("instruction", "output"),
+    "orca_dpo_pairs": ("system", "question", "chosen", "rejected"),
+    "stack_exchange_paired": ("question", "response_j", "response_k"),
+}
+
 # What each format can feed: supervised pairs, preference triples, or both.
 FORMAT_USES: dict[str, set[str]] = {
     "slimorca": {"sft"},
@@ -54,6 +66,17 @@ class DatasetConfig(StrictModel):
     validation_split_percentage: float = Field(
         default=0, ge=0, lt=100, description="Percent of the split held out for evaluation loss (ITREX default 0)."
     )
+    eval_split: str | None = Field(
+        default=None,
+        description="Hub split held out for evaluation (ultrachat_200k: `test_sft`); null carves "
+        "`validation_split_percentage` out of the training split instead.",
+    )
+    columns: dict[str, str] | None = Field(
+        default=None,
+        description="Your file's column names for the format's columns, {format column: your column}, e.g. "
+        "`sft.dataset.columns={instruction: question, output: answer}` reads a question/answer file as alpaca; "
+        "null reads the format's own names.",
+    )
     default_system: str | None = Field(
         default=None,
         description="System prompt used when a row has none (neural-chat: `You are a helpful, respectful and honest assistant.`).",
@@ -65,7 +88,27 @@ class DatasetConfig(StrictModel):
             raise ValueError(
                 f"dataset {self.name!r} needs exactly one source: set `hub_id` (a hub dataset) or `path` (a local file)"
             )
+        if self.eval_split and self.path:
+            raise ValueError(
+                f"dataset {self.name!r}: `eval_split` names a hub split, but this dataset is the local file {self.path!r}; "
+                "use `validation_split_percentage` to hold out part of it"
+            )
+        if self.eval_split and self.validation_split_percentage:
+            raise ValueError(
+                f"dataset {self.name!r}: set `eval_split` or `validation_split_percentage`, not both"
+            )
+        known = FORMAT_COLUMNS[self.format]
+        unknown = [k for k in (self.columns or {}) if k not in known]
+        if unknown:
+            raise ValueError(
+                f"`columns` of dataset {self.name!r}: {', '.join(map(repr, unknown))} is not a column of format "
+                f"{self.format!r}; the keys are the format's columns ({', '.join(known)}) and the values your file's"
+            )
         return self
+
+    @property
+    def has_eval_data(self) -> bool:
+        return bool(self.eval_split or self.validation_split_percentage)
 
     @property
     def uses(self) -> set[str]:

@@ -17,8 +17,18 @@ from .peft import FullConfig, PeftConfig
 
 Template = Literal["neural_chat", "alpaca", "chatml", "llama2", "qa", "tokenizer", "summarization", "plain"]
 
-# ITREX's --task picks the prompt format when a recipe does not name one.
-TASK_TEMPLATES = {"completion": "alpaca", "chat": "neural_chat", "summarization": "summarization", "code-generation": "alpaca"}
+# PEFT methods that prepend trained virtual tokens (or adaption prompts) to the whole sequence
+VIRTUAL_TOKEN_METHODS = ("p_tuning", "prefix_tuning", "prompt_tuning", "llama_adapter")
+
+Task = Literal["completion", "chat", "summarization", "code-generation"]
+
+# ITREX's --task picks the prompt format when a recipe does not name one (chat: the model's
+# own chat template) ...
+TASK_TEMPLATES = {"completion": "alpaca", "chat": "tokenizer", "summarization": "summarization", "code-generation": "alpaca"}
+# ... and how the fine-tune is judged (ITREX: lm-eval truthfulqa_mc for completion and chat,
+# ROUGE for summarization, HumanEval pass@1 for code generation).
+TASK_DEFAULT_EVAL = {"completion": "truthfulqa_mc", "chat": "truthfulqa_mc", "summarization": "rouge",
+                     "code-generation": "pass@1"}
 
 
 class StageBase(StrictModel):
@@ -74,6 +84,24 @@ class TrainStageBase(StageBase):
         default=2, ge=1, description="Keep at most N checkpoints.", json_schema_extra=NOT_FINGERPRINTED
     )
     logging_steps: int = Field(default=10, ge=1, description="Log every N steps.", json_schema_extra=NOT_FINGERPRINTED)
+    do_eval: bool = Field(
+        default=False,
+        description="Report eval loss on held-out data (the dataset's `eval_split`, or `validation_split_percentage` "
+        "of the training split) at the end of training, and every `eval_steps` if set (ITREX --do_eval).",
+    )
+    eval_steps: int | None = Field(
+        default=None, ge=1, description="With do_eval: also evaluate every N steps; null evaluates once, at the end.",
+        json_schema_extra=NOT_FINGERPRINTED,
+    )
+
+    @model_validator(mode="after")
+    def _eval_data(self) -> "TrainStageBase":
+        if self.do_eval and not self.dataset.has_eval_data:
+            raise ValueError(
+                f"`do_eval` needs held-out data, but dataset {self.dataset.name!r} has none; set "
+                "`dataset.validation_split_percentage` (e.g. 5) or, for a hub dataset, `dataset.eval_split`"
+            )
+        return self
 
     @model_validator(mode="after")
     def _length_of_training(self) -> "TrainStageBase":
@@ -88,16 +116,24 @@ class TrainStageBase(StageBase):
 
 class SFTStage(TrainStageBase):
     kind: Literal["sft"] = Field(default="sft", description="Supervised fine-tuning.")
-    task: Literal["completion", "chat", "summarization", "code-generation"] = Field(
-        default="completion", description="ITREX task: picks what the stage is judged on; the template picks the prompt."
+    task: Task = Field(
+        default="completion",
+        description="ITREX task: completion (instructions, alpaca prompt), chat (multi-turn, the model's chat template), "
+        "summarization (article -> summary) or code-generation; picks the default template and evaluation.",
     )
     max_seq_length: int = Field(default=512, ge=8, description="Longest tokenized sample (prompt + response).")
     max_prompt_length: int | None = Field(
         default=None, ge=1, description="Longest prompt part (ITREX max_source_length); longer prompts are cut from the left."
     )
     packing: bool = Field(
-        default=False, description="Concatenate samples and cut them into max_seq_length blocks (ITREX --dataset_concatenation); "
-        "samples in a block attend to each other, as in ITREX."
+        default=False,
+        description="Pack whole samples into max_seq_length blocks (ITREX --dataset_concatenation); each sample "
+        "attends only to itself (block-diagonal mask, positions restart per sample).",
+    )
+    pad_to_max: bool | None = Field(
+        default=None,
+        description="Pad every batch to max_seq_length (static shapes, ITREX pad_max); null follows the hardware profile.",
+        json_schema_extra=NOT_FINGERPRINTED,
     )
     loss_on: Literal["assistant", "all"] = Field(
         default="assistant", description="`assistant` masks prompt tokens from the loss; `all` trains on every token."
@@ -112,6 +148,19 @@ class SFTStage(TrainStageBase):
     @property
     def resolved_template(self) -> str:
         return self.template or TASK_TEMPLATES[self.task]
+
+    @property
+    def default_eval(self) -> str:
+        return TASK_DEFAULT_EVAL[self.task]
+
+    @model_validator(mode="after")
+    def _packing_fits_the_adapter(self) -> "SFTStage":
+        if self.packing and self.peft.method in VIRTUAL_TOKEN_METHODS:
+            raise ValueError(
+                f"`packing` is not supported with peft method {self.peft.method!r}: its virtual tokens would be shared "
+                "by every sample of a packed block; set `sft.packing=false` (or use lora / none)"
+            )
+        return self
 
 
 class DPOStage(TrainStageBase):

@@ -94,7 +94,7 @@ def alpaca(row: Row, where: str, default_system: str | None) -> Row:
     extra = row.get("input", "")
     if extra is not None and not isinstance(extra, str):
         raise DataError(f"{where}: column 'input' must be a string, got {type(extra).__name__}")
-    user = f"{instruction}\n\nInput:\n{extra}" if extra and extra.strip() else instruction
+    user = f"{instruction}\n\n### Input:\n{extra}" if extra and extra.strip() else instruction
     return _pair(user, _need_str(row, "output", where), default_system)
 
 
@@ -141,14 +141,24 @@ ADAPTERS: dict[tuple[str, str], Callable[[Row, str, str | None], Row]] = {
 }
 
 
-def convert_rows(rows, fmt: str, use: str, source: str, default_system: str | None = None) -> list[Row]:
-    """Convert every row (raising DataError at the first bad one, numbered from 1)."""
+def convert_rows(rows, fmt: str, use: str, source: str, default_system: str | None = None,
+                 columns: dict[str, str] | None = None) -> list[Row]:
+    """Convert every row (raising DataError at the first bad one, numbered from 1).
+
+    ``columns`` maps the format's column names to the file's ({"instruction": "question"})."""
     adapter = ADAPTERS[(fmt, use)]
+    rename = {theirs: ours for ours, theirs in (columns or {}).items()}
     out = []
     for i, row in enumerate(rows, start=1):
         where = f"{source}, row {i}"
         if not isinstance(row, dict):
             raise DataError(f"{where}: expected an object with columns, got {type(row).__name__}")
+        if rename:
+            missing = [theirs for theirs in rename if theirs not in row]
+            if missing:
+                raise DataError(f"{where}: missing column {missing[0]!r}, which `columns` maps to "
+                                f"{rename[missing[0]]!r} (columns present: {sorted(row)})")
+            row = {rename.get(k, k): v for k, v in row.items() if k not in rename.values() or k in rename}
         out.append(adapter(row, where, default_system))
     if not out:
         raise DataError(f"{source}: no rows")

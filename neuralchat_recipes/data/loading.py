@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+import random
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,28 @@ def _read_local(path: Path) -> list[dict[str, Any]]:
     raise DataError(f"{path}: unsupported data file type {suffix!r}; use .json, .jsonl, .parquet or .csv")
 
 
+def load_splits(dataset, use: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None, str]:
+    """(training rows, held-out rows or None, source description).
+
+    Held-out rows come from the dataset's ``eval_split``, or are ``validation_split_percentage``
+    of the split carved out with a fixed seed (so the same rows are held out on every run and
+    are never trained on)."""
+    rows, source = load_rows(dataset, use)
+    if dataset.eval_split:
+        held, _ = load_rows(dataset.model_copy(update={"split": dataset.eval_split, "eval_split": None}), use)
+        return rows, held, source
+    if not dataset.validation_split_percentage:
+        return rows, None, source
+    n_eval = max(1, round(len(rows) * dataset.validation_split_percentage / 100))
+    if n_eval >= len(rows):
+        raise DataError(f"{source}: {len(rows)} rows cannot spare {dataset.validation_split_percentage}% for evaluation "
+                        f"and keep any for training; lower `validation_split_percentage`")
+    order = list(range(len(rows)))
+    random.Random(0).shuffle(order)
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)], source
+
+
 def load_rows(dataset, use: str) -> tuple[list[dict[str, Any]], str]:
     """(canonical rows, a description of the source) for a DatasetConfig.
 
@@ -52,11 +74,18 @@ def load_rows(dataset, use: str) -> tuple[list[dict[str, Any]], str]:
     if dataset.path:
         path = resolve_data_path(dataset.path)
         stamp = (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None
-    return _load_rows(dataset, use, stamp)
+    key = (dataset.model_dump_json(), use, stamp)
+    if key not in _LOADED:
+        while len(_LOADED) >= 8:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = _load_rows(dataset, use)
+    return _LOADED[key]
 
 
-@lru_cache(maxsize=8)
-def _load_rows(dataset, use: str, stamp) -> tuple[list[dict[str, Any]], str]:
+_LOADED: dict[tuple, tuple[list[dict[str, Any]], str]] = {}
+
+
+def _load_rows(dataset, use: str) -> tuple[list[dict[str, Any]], str]:
     if dataset.path:
         path = resolve_data_path(dataset.path)
         if not path.is_file():
@@ -76,4 +105,4 @@ def _load_rows(dataset, use: str, stamp) -> tuple[list[dict[str, Any]], str]:
         source = f"{dataset.hub_id} ({dataset.split})"
     if dataset.max_samples:
         raw = raw[: dataset.max_samples] if isinstance(raw, list) else raw.select(range(min(dataset.max_samples, len(raw))))
-    return convert_rows(raw, dataset.format, use, source, dataset.default_system), source
+    return convert_rows(raw, dataset.format, use, source, dataset.default_system, dataset.columns), source

@@ -51,3 +51,46 @@ def tokenize_sft(rows: list[dict[str, Any]], tokenizer, template: str, max_seq_l
         if any(mask):
             out.append({"input_ids": ids, "assistant_masks": mask})
     return out
+
+
+def tokenizer_identity(tokenizer) -> str:
+    """A hash of what decides how a tokenizer splits and marks text: its model, normalizer and
+    pre-tokenizer (fast tokenizers), or its vocabulary, plus special tokens and chat template."""
+    import hashlib
+    import json
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    extra = json.dumps([type(tokenizer).__name__, tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token,
+                        adds_bos(tokenizer), tokenizer.chat_template], default=str)
+    return hashlib.sha256((body + extra).encode()).hexdigest()
+
+
+def tokenize_cached(cache_root, key: dict[str, Any], build) -> tuple[list[dict[str, list[int]]], bool]:
+    """(examples, whether they came from the cache) for a key that holds everything the tokenized
+    data depends on: data identity, tokenizer identity, template and preprocessing settings.
+
+    Entries are written to a temporary directory and renamed into place, so a crash never leaves
+    a half-written entry and two jobs building the same entry do not clash."""
+    import hashlib
+    import json
+    import os
+    import shutil
+    from pathlib import Path
+
+    from datasets import Dataset, load_from_disk
+
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    target = Path(cache_root) / digest
+    if (target / "dataset_info.json").is_file():
+        return load_from_disk(str(target)).to_list(), True
+    examples = build()
+    tmp = target.with_name(f".{digest}.{os.getpid()}.tmp")
+    Path(cache_root).mkdir(parents=True, exist_ok=True)
+    Dataset.from_list(examples).save_to_disk(str(tmp))
+    (tmp / "key.json").write_text(json.dumps(key, indent=2, sort_keys=True, default=str))
+    try:
+        tmp.rename(target)
+    except OSError:  # another job finished the same entry first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return examples, False

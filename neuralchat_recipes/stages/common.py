@@ -142,6 +142,15 @@ def training_kwargs(args: dict[str, Any], output_dir: str, backend, config_cls, 
     return {k: v for k, v in kwargs.items() if k in fields}
 
 
+def eval_kwargs(args: dict[str, Any]) -> dict[str, Any]:
+    """Training arguments for held-out evaluation (do_eval): periodic when eval_steps is set."""
+    if not args["do_eval"]:
+        return {}
+    steps = args["eval_steps"]
+    return {"eval_strategy": "steps" if steps else "no", "eval_steps": steps,
+            "per_device_eval_batch_size": args["per_device_train_batch_size"]}
+
+
 def deepspeed_file(ctx) -> str | None:
     """Write the plan's DeepSpeed config next to the checkpoints; the path for the training arguments."""
     import json
@@ -207,13 +216,21 @@ def train_and_save(ctx, trainer, tokenizer, summarize: tuple[str, ...] = ("loss"
     if trainer.is_world_process_zero():
         trainer.save_model(str(ctx.final))
         tokenizer.save_pretrained(str(ctx.final))
-    metrics: dict[str, Any] = {
+    metrics: dict[str, Any] = {}
+    if trainer.eval_dataset is not None:
+        evaluated = trainer.evaluate()
+        metrics.update({k: v for k, v in evaluated.items() if k.startswith("eval_") and isinstance(v, (int, float))})
+        if "eval_loss" in metrics:
+            metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
+        log.info("[%s] held-out eval loss %.4g (perplexity %.4g)", name, metrics.get("eval_loss", float("nan")),
+                 metrics.get("eval_perplexity", float("nan")))
+    metrics.update({
         "train_loss": result.training_loss,
         "steps": trainer.state.global_step,
         "tokens_seen": int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0),
         "samples": len(trainer.train_dataset),
         "resumed_from": resume,
-    }
+    })
     for key in summarize:
         metrics.update(loss_summary(history, key))
     metrics["history"] = history

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import StageContext
-from .common import check_adapter_fits, deepspeed_file, load_model, load_tokenizer, log, model_source, train_and_save, training_kwargs
+from .common import check_adapter_fits, deepspeed_file, load_model, load_tokenizer, log, model_source, train_and_save, training_kwargs, eval_kwargs
 from .peft_config import build_peft_config
 
 
@@ -32,17 +32,19 @@ def with_prompt_limit(trainer_cls, max_prompt_length: int):
 def run(ctx: StageContext) -> dict[str, Any]:
     from datasets import Dataset
 
-    from ..data.loading import load_rows
+    from ..data.loading import load_splits
     from ..data.templates import prompt_text
 
     spec, args = ctx.spec, ctx.spec.args
     source = model_source(spec.inputs[0])
     tokenizer = load_tokenizer(spec, source, args["template"])
-    rows, data_source = load_rows(ctx.stage.dataset, "preference")
-    dataset = Dataset.from_list([
-        {"prompt": prompt_text(args["template"], r["prompt"], tokenizer.eos_token), "chosen": r["chosen"], "rejected": r["rejected"]}
-        for r in rows
-    ])
+    rows, held_out, data_source = load_splits(ctx.stage.dataset, "preference")
+
+    def pairs(rows_):
+        return Dataset.from_list([{"prompt": prompt_text(args["template"], r["prompt"], tokenizer.eos_token),
+                                   "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows_])
+
+    dataset = pairs(rows)
     log.info("[%s] %d preference pairs from %s", spec.name, len(dataset), data_source)
     model = load_model(spec, source, args["precision"])
     check_adapter_fits(spec, model)
@@ -56,12 +58,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
         pad_to_multiple_of=args["max_length"] if args["pad_to_max"] else None,
         dataset_num_proc=None,
         deepspeed=deepspeed_file(ctx),
+        **eval_kwargs(args),
     )))
     trainer = with_prompt_limit(trainer_cls, args["max_prompt_length"])(
         model=model,
         ref_model=None,
         args=config,
         train_dataset=dataset,
+        eval_dataset=pairs(held_out) if held_out and args["do_eval"] else None,
         processing_class=tokenizer,
         peft_config=build_peft_config(spec.peft),
         **ctx.backend.trainer_kwargs(args),

@@ -1,56 +1,67 @@
-"""SFT: TRL's SFTTrainer on the dataset's rows rendered with the stage's template.
+"""SFT: the dataset's rows rendered with the stage's template, prompt tokens masked from the loss.
 
-Prompt tokens are masked from the loss (``loss_on: assistant``); the adapter (or the full
-weights), the tokenizer and its chat template are saved. Seq2seq models (FLAN-T5) use the HF
-Seq2SeqTrainer, since TRL's SFT trainer is for decoder-only models.
+Three trainers, one per data layout:
+- unpacked samples: TRL's SFTTrainer (batches padded to their longest sample);
+- packed samples (``packing``, ITREX --dataset_concatenation): the HF Trainer on blocks of whole
+  samples with a block-diagonal mask (data/packing.py), since TRL's packing does not isolate
+  samples with sdpa/eager attention; also LLaMA-Adapter, whose wrapper TRL's fused loss bypasses;
+- seq2seq models (FLAN-T5): the HF Seq2SeqTrainer (ITREX finetune_seq2seq.py).
+Tokenized data is cached under ``<output_root>/cache/tokenized`` by a key holding the data,
+tokenizer, template and every preprocessing setting. The adapter (or full weights), tokenizer
+and chat template are saved.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from . import StageContext
-from .common import StageError, check_adapter_fits, deepspeed_file, load_model, load_tokenizer, log, model_source, train_and_save, training_kwargs
+from .common import StageError, check_adapter_fits, deepspeed_file, load_model, load_tokenizer, log, model_source, train_and_save, training_kwargs, eval_kwargs
 from .peft_config import build_peft_config
+
+# TRL's SFTTrainer computes the loss through a fused LM head patched onto the base model, which
+# PEFT's adaption-prompt wrapper (LLaMA-Adapter) bypasses; those adapters train with the HF Trainer.
+PLAIN_TRAINER_METHODS = {"llama_adapter"}
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    from datasets import Dataset
-
-    from ..data.loading import load_rows
-    from ..data.tokenize import tokenize_sft
+    from ..data.loading import load_splits
 
     spec, args = ctx.spec, ctx.spec.args
     source = model_source(spec.inputs[0])
     tokenizer = load_tokenizer(spec, source, args["template"])
-    rows, data_source = load_rows(ctx.stage.dataset, "sft")
+    rows, held_out, data_source = load_splits(ctx.stage.dataset, "sft")
+    if not args["do_eval"]:
+        held_out = None
     if spec.model["architecture"] == "seq2seq":
-        return _run_seq2seq(ctx, source, tokenizer, rows)
-    examples = tokenize_sft(rows, tokenizer, args["template"], args["max_seq_length"], args["max_prompt_length"], args["loss_on"])
-    log.info("[%s] %d training samples from %s (%d tokens)", spec.name, len(examples), data_source,
-             sum(len(e["input_ids"]) for e in examples))
+        return _run_seq2seq(ctx, source, tokenizer, rows, held_out)
+    examples = _tokenized(ctx, tokenizer, rows, "train")
+    eval_examples = _tokenized(ctx, tokenizer, held_out, "eval") if held_out else None
+    log.info("[%s] %d training samples from %s (%d tokens)%s", spec.name, len(examples), data_source,
+             sum(len(e["input_ids"]) for e in examples), f", {len(eval_examples)} held out" if eval_examples else "")
     model = load_model(spec, source, args["precision"])
     check_adapter_fits(spec, model)
-    if spec.peft and spec.peft["method"] in PLAIN_TRAINER_METHODS:
-        return _run_plain_trainer(ctx, model, tokenizer, examples)
-    dataset = Dataset.from_list(examples)
+    if args["packing"] or (spec.peft and spec.peft["method"] in PLAIN_TRAINER_METHODS):
+        return _run_plain_trainer(ctx, model, tokenizer, examples, eval_examples)
+    from datasets import Dataset
+
     trainer_cls, config_cls = ctx.backend.sft_classes()
     config = config_cls(**training_kwargs(args, str(ctx.checkpoints), ctx.backend, config_cls, dict(
         max_length=args["max_seq_length"],
-        packing=args["packing"],
-        # ITREX --dataset_concatenation: concatenate and cut into max_length blocks. (TRL's default
-        # best-fit packing resets position ids per sample, which does not isolate samples with
-        # sdpa/eager attention, i.e. on CPU, Gaudi and XPU.)
-        packing_strategy="wrapped",
+        packing=False,
+        pad_to_multiple_of=args["max_seq_length"] if args["pad_to_max"] else None,
         group_by_length=args["group_by_length"],
         dataset_num_proc=None,
         deepspeed=deepspeed_file(ctx),
         include_num_input_tokens_seen=True,
+        **eval_kwargs(args),
     )))
     trainer = trainer_cls(
         model=model,
         args=config,
-        train_dataset=dataset,
+        train_dataset=Dataset.from_list(examples),
+        eval_dataset=Dataset.from_list(eval_examples) if eval_examples else None,
         processing_class=tokenizer,
         peft_config=build_peft_config(spec.peft),
         **ctx.backend.trainer_kwargs(args),
@@ -58,30 +69,87 @@ def run(ctx: StageContext) -> dict[str, Any]:
     return train_and_save(ctx, trainer, tokenizer)
 
 
-# TRL's SFTTrainer computes the loss through a fused LM head patched onto the base model, which
-# PEFT's adaption-prompt wrapper (LLaMA-Adapter) bypasses; those adapters train with the HF Trainer.
-PLAIN_TRAINER_METHODS = {"llama_adapter"}
+def _tokenized(ctx: StageContext, tokenizer, rows, part: str) -> list[dict[str, list[int]]]:
+    """Tokenize rows, or read them from the tokenized-data cache."""
+    from .. import ENGINE_FINGERPRINT_VERSION
+    from ..data.tokenize import tokenize_cached, tokenize_sft, tokenizer_identity
+
+    args = ctx.spec.args
+    dataset = {k: v for k, v in (ctx.spec.dataset or {}).items() if k not in ("name", "path", "resolved_path")}
+    key = {"engine": ENGINE_FINGERPRINT_VERSION, "part": part, "dataset": dataset, "rows": len(rows),
+           "tokenizer": tokenizer_identity(tokenizer), "template": args["template"],
+           **{k: args[k] for k in ("max_seq_length", "max_prompt_length", "loss_on")}}
+    root = Path(ctx.recipe.output_root).expanduser() / "cache" / "tokenized"
+    examples, hit = tokenize_cached(root, key, lambda: tokenize_sft(
+        rows, tokenizer, args["template"], args["max_seq_length"], args["max_prompt_length"], args["loss_on"]))
+    if hit:
+        log.info("[%s] tokenized %s data read from the cache", ctx.spec.name, part)
+    if not examples:
+        raise StageError(f"`{ctx.spec.name}.dataset`: no {part} sample has a token to learn from after truncation to "
+                         f"max_seq_length={args['max_seq_length']}; raise `{ctx.spec.name}.max_seq_length`")
+    return examples
 
 
-def _run_plain_trainer(ctx: StageContext, model, tokenizer, examples) -> dict[str, Any]:
+def _run_plain_trainer(ctx: StageContext, model, tokenizer, examples, eval_examples) -> dict[str, Any]:
     from datasets import Dataset
-    from peft import get_peft_model
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import DataCollatorForSeq2Seq
+
+    from ..data.packing import PackedCollator, labels_of, non_pad_fraction, pack
 
     spec, args = ctx.spec, ctx.spec.args
+    size = args["max_seq_length"]
+    extra: dict[str, Any] = {}
     if args["packing"]:
-        raise StageError(f"`{spec.name}.packing`: not supported with {spec.peft['method']}; set `{spec.name}.packing=false`")
-    rows = [{"input_ids": e["input_ids"], "attention_mask": [1] * len(e["input_ids"]),
-             "labels": [t if m else -100 for t, m in zip(e["input_ids"], e["assistant_masks"])]} for e in examples]
-    model = get_peft_model(model, build_peft_config(spec.peft))
-    config = TrainingArguments(**training_kwargs(args, str(ctx.checkpoints), ctx.backend, TrainingArguments, dict(
-        group_by_length=args["group_by_length"], deepspeed=deepspeed_file(ctx), include_num_input_tokens_seen=True)))
-    trainer = Trainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                      data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100))
-    return train_and_save(ctx, trainer, tokenizer)
+        import inspect
+
+        if "position_ids" not in inspect.signature(model.forward).parameters:
+            raise StageError(f"`{spec.name}.packing`: {type(model).__name__} takes no position_ids, so packed samples "
+                             f"cannot be kept apart; set `{spec.name}.packing=false`")
+        train, held = pack(examples, size), pack(eval_examples, size) if eval_examples else None
+        eager = getattr(model.config, "_attn_implementation", "sdpa") == "eager"
+        import torch
+
+        collator = PackedCollator(tokenizer.pad_token_id, pad_to=size if args["pad_to_max"] else None,
+                                  dtype=torch.float32 if eager else None)
+        lengths = [len(e["input_ids"]) for e in examples]
+        micro = args["per_device_train_batch_size"]
+        extra["packing"] = {
+            "samples": len(examples), "blocks": len(train),
+            "non_pad_fraction_packed": round(non_pad_fraction([len(b["input_ids"]) for b in train], micro,
+                                                              size if args["pad_to_max"] else None), 4),
+            "non_pad_fraction_unpacked": round(non_pad_fraction(lengths, micro, size if args["pad_to_max"] else None), 4),
+        }
+        log.info("[%s] packed %d samples into %d blocks of <= %d tokens: %.1f%% real tokens per batch (%.1f%% unpacked)",
+                 spec.name, len(examples), len(train), size, 100 * extra["packing"]["non_pad_fraction_packed"],
+                 100 * extra["packing"]["non_pad_fraction_unpacked"])
+    else:
+        def rows_of(exs):
+            return [{"input_ids": e["input_ids"], "attention_mask": [1] * len(e["input_ids"]), "labels": labels_of(e)}
+                    for e in exs]
+
+        train, held = rows_of(examples), rows_of(eval_examples) if eval_examples else None
+        collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding="max_length" if args["pad_to_max"] else True,
+                                          max_length=size if args["pad_to_max"] else None)
+    peft_config = build_peft_config(spec.peft)
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config)
+    trainer_cls, config_cls = ctx.backend.trainer_classes()
+    config = config_cls(**training_kwargs(args, str(ctx.checkpoints), ctx.backend, config_cls, dict(
+        group_by_length=args["group_by_length"] and not args["packing"], deepspeed=deepspeed_file(ctx),
+        include_num_input_tokens_seen=True, **eval_kwargs(args))))
+    trainer = trainer_cls(model=model, args=config, train_dataset=Dataset.from_list(train),
+                          eval_dataset=Dataset.from_list(held) if held else None, processing_class=tokenizer,
+                          data_collator=collator, **ctx.backend.trainer_kwargs(args))
+    metrics = train_and_save(ctx, trainer, tokenizer)
+    metrics.update(extra)
+    if args["packing"] and collator.fraction is not None:
+        metrics["packing"]["non_pad_fraction_seen"] = round(collator.fraction, 4)
+    return metrics
 
 
-def _run_seq2seq(ctx: StageContext, source: str, tokenizer, rows) -> dict[str, Any]:
+def _run_seq2seq(ctx: StageContext, source: str, tokenizer, rows, held_out) -> dict[str, Any]:
     """Encoder-decoder SFT (ITREX finetune_seq2seq.py): prompt -> encoder, answer -> labels."""
     from datasets import Dataset
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
@@ -90,14 +158,18 @@ def _run_seq2seq(ctx: StageContext, source: str, tokenizer, rows) -> dict[str, A
 
     spec, args = ctx.spec, ctx.spec.args
     max_prompt = args["max_prompt_length"] or args["max_seq_length"]
-    examples = []
-    for row in rows:
-        messages = row["messages"]
-        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-        prompt = prompt_text(args["template"], messages[:last], tokenizer.eos_token)
-        enc = tokenizer(prompt, truncation=True, max_length=max_prompt)
-        enc["labels"] = tokenizer(messages[last]["content"], truncation=True, max_length=args["max_seq_length"])["input_ids"]
-        examples.append(dict(enc))
+
+    def encode(rows_):
+        out = []
+        for row in rows_:
+            messages = row["messages"]
+            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+            prompt = prompt_text(args["template"], messages[:last], tokenizer.eos_token)
+            enc = tokenizer(prompt, truncation=True, max_length=max_prompt)
+            enc["labels"] = tokenizer(messages[last]["content"], truncation=True, max_length=args["max_seq_length"])["input_ids"]
+            out.append(dict(enc))
+        return out
+
     model = load_model(spec, source, args["precision"], causal=False)
     peft_config = build_peft_config(spec.peft, seq2seq=True)
     if peft_config is not None:
@@ -105,7 +177,8 @@ def _run_seq2seq(ctx: StageContext, source: str, tokenizer, rows) -> dict[str, A
 
         model = get_peft_model(model, peft_config)
     config = Seq2SeqTrainingArguments(**training_kwargs(args, str(ctx.checkpoints), ctx.backend, Seq2SeqTrainingArguments,
-                                                        dict(deepspeed=deepspeed_file(ctx))))
-    trainer = Seq2SeqTrainer(model=model, args=config, train_dataset=Dataset.from_list(examples),
+                                                        dict(deepspeed=deepspeed_file(ctx), **eval_kwargs(args))))
+    trainer = Seq2SeqTrainer(model=model, args=config, train_dataset=Dataset.from_list(encode(rows)),
+                             eval_dataset=Dataset.from_list(encode(held_out)) if held_out else None,
                              data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), processing_class=tokenizer)
     return train_and_save(ctx, trainer, tokenizer)

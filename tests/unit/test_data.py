@@ -21,7 +21,7 @@ def test_slimorca_conversations_with_default_system():
 
 
 @pytest.mark.parametrize("fmt,row,user,answer", [
-    ("alpaca", {"instruction": "Add", "input": "2 and 3", "output": "5", "text": "..."}, "Add\n\nInput:\n2 and 3", "5"),
+    ("alpaca", {"instruction": "Add", "input": "2 and 3", "output": "5", "text": "..."}, "Add\n\n### Input:\n2 and 3", "5"),
     ("alpaca", {"instruction": "Say hi", "input": "", "output": "hi"}, "Say hi", "hi"),
     ("evol_codealpaca", {"instruction": "Write code", "output": "print(1)"}, "Write code", "print(1)"),
     ("cnn_dailymail", {"article": "Long text", "highlights": "Short", "id": "x"}, "Long text", "Short"),
@@ -123,3 +123,29 @@ def test_tokenizer_chat_template_path_matches_the_builtin_template():
     assert via_tokenizer == via_table
     trained = [i for i, m in zip(via_table[0]["input_ids"], via_table[0]["assistant_masks"]) if m]
     assert tok.decode(trained) == "2 plus 3 is 5 . </s> 1 plus 1 is 2 . </s>"
+
+
+def test_columns_map_a_users_file_onto_a_format(tmp_path):
+    rows = [{"question": "Add 2 and 3 .", "answer": "5", "output": "ignored"}]
+    (out,) = convert_rows(rows, "alpaca", "sft", "mine.jsonl", columns={"instruction": "question", "output": "answer"})
+    assert out["messages"] == [{"role": "user", "content": "Add 2 and 3 ."}, {"role": "assistant", "content": "5"}]
+    with pytest.raises(DataError, match=r"mine.jsonl, row 1: missing column 'answer', which `columns` maps to 'output'"):
+        convert_rows([{"question": "q"}], "alpaca", "sft", "mine.jsonl", columns={"instruction": "question", "output": "answer"})
+
+
+def test_validation_split_is_carved_once_and_never_trained_on(tmp_path):
+    import json
+
+    from neuralchat_recipes.config.dataset import DatasetConfig
+    from neuralchat_recipes.data.loading import load_splits
+
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"instruction": f"q{i}", "input": "", "output": f"a{i}"}) + "\n" for i in range(40)))
+    ds = DatasetConfig(name="d", path=str(path), format="alpaca", validation_split_percentage=10)
+    train, held, _ = load_splits(ds, "sft")
+    assert len(train) == 36 and len(held) == 4
+    assert not {r["messages"][-1]["content"] for r in train} & {r["messages"][-1]["content"] for r in held}
+    assert load_splits(ds, "sft")[1] == held
+    tiny = DatasetConfig(name="d", path=str(path), format="alpaca", validation_split_percentage=99)
+    with pytest.raises(DataError, match="lower `validation_split_percentage`"):
+        load_splits(tiny, "sft")

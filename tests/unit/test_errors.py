@@ -66,7 +66,7 @@ def test_seq2seq_model_cannot_run_dpo():
 
 
 def test_peft_method_the_model_does_not_support():
-    msg = error_of("recipe=instruct", "hardware=gaudi2_8x", "model=mpt_7b", "peft@sft.peft=p_tuning")
+    msg = error_of("recipe=instruct", "hardware=gaudi2_8x", "model=mpt_7b", "peft@sft.peft=p_tuning", "sft.packing=false")
     assert "`sft.peft.method` = 'p_tuning'" in msg and "supported: lora" in msg
 
 
@@ -138,3 +138,24 @@ def test_stage_after_an_eval_consumes_the_last_model_not_the_eval():
 def test_stage_reading_an_adapter_without_merge():
     msg = error_of("recipe=neural_chat_v3", "hardware=gaudi2_8x", "dpo.input=sft")
     assert "its input 'sft' produces a lora adapter" in msg and "merge stage" in msg
+
+
+def test_do_eval_without_held_out_data_names_the_fix():
+    msg = error_of("recipe=tiny", "sft.do_eval=true")
+    assert "`sft`" in msg and "`do_eval` needs held-out data" in msg and "validation_split_percentage" in msg
+    assert plan_for("recipe=tiny", "sft.do_eval=true", "sft.dataset.validation_split_percentage=10")
+
+
+def test_column_mapping_keys_must_be_the_formats_columns():
+    msg = error_of("recipe=instruct", "hardware=cpu", "model=tiny_llama", "sft.dataset.columns={instrction: question}")
+    assert "'instrction' is not a column of format 'alpaca'" in msg and "instruction, input, output" in msg
+
+
+def test_eval_split_is_for_hub_datasets():
+    msg = error_of("recipe=tiny", "sft.dataset.eval_split=test")
+    assert "`eval_split` names a hub split" in msg and "validation_split_percentage" in msg
+
+
+def test_packing_with_virtual_token_adapters_is_refused():
+    msg = error_of("recipe=tiny", "sft.packing=true", "peft@sft.peft=prompt_tuning")
+    assert "`sft`: `packing` is not supported with peft method 'prompt_tuning'" in msg and "sft.packing=false" in msg
