@@ -20,6 +20,7 @@ from . import ENGINE_FINGERPRINT_VERSION
 from .backends import get_backend
 from .backends.deepspeed_config import build_ds_config
 from .config import ConfigError, RecipeConfig
+from .config.recipe import produces
 from .config.stage import TRAIN_KINDS
 from .data.paths import resolve_data_path
 
@@ -197,6 +198,8 @@ def _inputs(recipe: RecipeConfig, stage, upstream: str | None, by_name: dict[str
     inputs = [_stage_input(by_name[upstream]) if upstream else _base_input(recipe)]
     if stage.kind == "merge" and upstream:
         inputs.append(by_name[upstream].inputs[0])
+    elif stage.kind in ("eval", "generate") and upstream and produces(recipe.stages[upstream]) == "adapter":
+        inputs[0]["adapter_base"] = by_name[upstream].inputs[0]  # evaluated as base + adapter
     for other in getattr(stage, "compare", []):
         inputs.append(_base_input(recipe) if other == "base" else _stage_input(by_name[other]))
     return inputs
@@ -322,10 +325,27 @@ def build_plan(recipe: RecipeConfig) -> Plan:
                 problems += exc.problems
                 continue
             args.update(_training_args(stage, hw, backend, precision, world, zero_stage, notes))
+            args["report_to"] = list(recipe.report_to)
             peft_info = _peft_info(stage, recipe.model)
         else:
             args.update({k: v for k, v in stage.model_dump(mode="json").items()
                          if k not in ("kind", "input", "dataset", "preference_dataset")})
+            if stage.kind in ("eval", "generate"):
+                args["template"] = recipe.template_for(name)
+            if stage.kind == "eval":
+                harness, tasks, sft = recipe.resolve_eval(name)
+                args.update(harness=harness, tasks=tasks)
+                if harness == "rouge" and stage.dataset is None:
+                    # the SFT stage's held-out rows (its fingerprint, an upstream one, covers the data)
+                    args["held_out_of"] = sft
+                    args["held_out_dataset"] = recipe.stages[sft].dataset.model_dump(mode="json")
+            if getattr(stage, "prompts_file", None):
+                path = resolve_data_path(stage.prompts_file)
+                if not path.is_file():
+                    problems.append(f"`{name}.prompts_file` = {stage.prompts_file!r}: file not found (looked at {path})")
+                    continue
+                args["prompts_file"] = str(path)
+                fp_payload["prompts_file"] = file_sha256(path)
 
         fingerprint = _hash(fp_payload)
         artifact_id = f"{stage.kind}-{fingerprint[:16]}"

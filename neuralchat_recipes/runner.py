@@ -133,7 +133,8 @@ def preflight(recipe: RecipeConfig, plan: Plan) -> None:
             dataset = getattr(stage, field_name, None)
             if dataset is None:
                 continue
-            use = "preference" if spec.kind == "dpo" or field_name == "preference_dataset" else "sft"
+            use = ("preference" if spec.kind == "dpo" or field_name == "preference_dataset"
+                   else "code" if "code" in dataset.uses else "sft")
             try:
                 load_splits(dataset, use)
             except DataError as exc:
@@ -262,6 +263,9 @@ def run_plan(recipe: RecipeConfig, plan: Plan) -> dict[str, Any]:
     summary = {"recipe": recipe.name, "hardware": recipe.hardware.name, "run_dir": str(run_dir),
                "final_model": final_model, "stages": [_stage_summary(r) for r in results]}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    from .report import write_report
+
+    summary["report"] = str(write_report(run_dir, summary, results))
     print(format_summary(summary))
     return summary
 
@@ -288,7 +292,7 @@ def _results_table(results: Any) -> list[str]:
     known = [("exact_match", "exact match", True), ("answer_loss", "answer loss", False),
              ("preference_accuracy", "prefers chosen", True), ("preference_margin", "log-prob margin", False)]
     hidden = {c[0] for c in known} | {"examples", "pairs", "answer_perplexity"}
-    present = {k for v in results.values() for k in v}
+    present = {k for v in results.values() for k, x in v.items() if isinstance(x, (int, float))}
     columns = [c for c in known if c[0] in present] + [(k, k, False) for k in sorted(present - hidden)]
     order = [k for k in results if k != "final"] + (["final"] if "final" in results else [])
     rows = [f"{'':37}{'model':<10}" + "".join(f"{title:>17}" for _, title, _ in columns)]
@@ -319,4 +323,6 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("final_model"):
         lines.append(f"final model: {summary['final_model']}")
     lines.append(f"run record:  {summary['run_dir']}")
+    if summary.get("report"):
+        lines.append(f"report:      {summary['report']}")
     return "\n".join(lines)

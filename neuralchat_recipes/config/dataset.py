@@ -19,6 +19,7 @@ RowFormat = Literal[
     "evol_codealpaca",  # instruction, output
     "orca_dpo_pairs",  # system, question, chosen, rejected
     "stack_exchange_paired",  # qid, question, date, metadata, response_j, response_k
+    "humaneval",  # task_id, prompt, canonical_solution, test, entry_point (openai_humaneval)
 ]
 
 # The columns each format reads (what `columns` may rename a file's columns to).
@@ -31,6 +32,7 @@ FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
     "evol_codealpaca": ("instruction", "output"),
     "orca_dpo_pairs": ("system", "question", "chosen", "rejected"),
     "stack_exchange_paired": ("question", "response_j", "response_k"),
+    "humaneval": ("task_id", "prompt", "canonical_solution", "test", "entry_point"),
 }
 
 # What each format can feed: supervised pairs, preference triples, or both.
@@ -43,6 +45,7 @@ FORMAT_USES: dict[str, set[str]] = {
     "evol_codealpaca": {"sft"},
     "orca_dpo_pairs": {"preference", "sft"},
     "stack_exchange_paired": {"preference", "sft"},
+    "humaneval": {"code"},
 }
 
 

@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError, model_validator
 from .base import ConfigError, StrictModel, format_validation_error
 from .hardware import HardwareConfig
 from .model import ModelConfig
-from .stage import STAGE_KINDS, TRAIN_KINDS, StageConfig
+from .stage import DEFAULT_EVAL_HARNESS, STAGE_KINDS, TRAIN_KINDS, StageConfig
 
 
 def produces(stage) -> str | None:
@@ -36,6 +36,10 @@ class RecipeConfig(StrictModel):
     hardware: HardwareConfig = Field(description="Hardware profile (a `hardware/` entry).")
     stages: dict[str, StageConfig] = Field(description="Stage settings by name (written at the top level of the recipe).")
     output_root: str = Field(default="outputs", description="Where stage artifacts and run records are written.")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list,
+        description="Where training stages also log (transformers' report_to); the run's report.md is always written.",
+    )
     hub_token_env: str = Field(
         default="HF_TOKEN", description="Environment variable holding the hub token for gated models and datasets; its value is "
         "passed to the hub libraries as HF_TOKEN and never written to manifests or run records."
@@ -79,8 +83,46 @@ class RecipeConfig(StrictModel):
         earlier = self.pipeline[: self.pipeline.index(name)]
         return next((n for n in reversed(earlier) if n in self.stages and produces(self.stages[n])), None)
 
+    def resolve_eval(self, name: str) -> tuple[str | None, list[str], str | None]:
+        """(harness, lm-eval tasks, nearest earlier SFT stage) of an eval stage; harness `task`
+        becomes the default of that SFT stage's task (None when there is no SFT stage)."""
+        stage = self.stages[name]
+        earlier = self.pipeline[: self.pipeline.index(name)] if name in self.pipeline else []
+        sft = next((n for n in reversed(earlier) if n in self.stages and self.stages[n].kind == "sft"), None)
+        harness, tasks = stage.harness, stage.expanded_tasks
+        if harness == "task":
+            if sft is None:
+                return None, tasks, None
+            harness, default_tasks = DEFAULT_EVAL_HARNESS[self.stages[sft].default_eval]
+            tasks = tasks or default_tasks
+        return harness, tasks, sft
+
+    def template_for(self, name: str) -> str:
+        """An eval / generate stage's prompt format: its own, else the nearest earlier SFT stage's."""
+        stage = self.stages[name]
+        if stage.template:
+            return stage.template
+        earlier = self.pipeline[: self.pipeline.index(name)] if name in self.pipeline else []
+        sft = next((n for n in reversed(earlier) if n in self.stages and self.stages[n].kind == "sft"), None)
+        return self.stages[sft].resolved_template if sft else "neural_chat"
+
+    def _eval_rules(self, name: str, stage: Any) -> list[str]:
+        harness, _, sft = self.resolve_eval(name)
+        if harness is None:
+            return [f"`{name}.harness` = 'task': there is no SFT stage before it to take the task from; "
+                    "set `" + name + ".harness` to lm_eval, rouge, pass_at_k or builtin"]
+        if harness == "pass_at_k" and (stage.dataset is None or stage.dataset.format != "humaneval"):
+            return [f"`{name}`: the {sft!r} stage's task ({self.stages[sft].task}) is judged by pass@k, which needs a "
+                    f"HumanEval-format dataset; add one with `+dataset@{name}.dataset=humaneval`"]
+        if harness == "rouge" and stage.dataset is None and (sft is None or not self.stages[sft].dataset.has_eval_data):
+            return [f"`{name}`: ROUGE needs held-out summaries: set `{name}.dataset`, or give the SFT stage's dataset "
+                    f"held-out rows (`{sft or 'sft'}.dataset.validation_split_percentage=5` or its `eval_split`)"]
+        return []
+
     def _stage_rules(self, name: str, stage: Any, upstream: str | None) -> list[str]:
         problems = []
+        if stage.kind == "eval":
+            problems += self._eval_rules(name, stage)
         model = self.model
         if model.architecture == "seq2seq" and stage.kind == "dpo":
             problems.append(
@@ -112,7 +154,8 @@ class RecipeConfig(StrictModel):
         if pref is not None and "preference" not in pref.uses:
             problems.append(f"`{name}.preference_dataset` = {pref.name!r}: format {pref.format!r} has no chosen/rejected pairs")
         up = self.stages.get(upstream) if upstream else None
-        if stage.kind != "merge" and up is not None and produces(up) != "model":
+        consumes_adapters = stage.kind in ("merge", "eval", "generate")  # eval / generate load base + adapter
+        if up is not None and produces(up) != "model" and not (consumes_adapters and produces(up) == "adapter"):
             what = f"a {up.peft.method} adapter" if produces(up) == "adapter" else f"no model ({up.kind} stages produce none)"
             fix = (f"put a merge stage between them (or train {upstream!r} with `peft@{upstream}.peft=none`)"
                    if produces(up) == "adapter" else f"set `{name}.input` to a stage that produces a model")

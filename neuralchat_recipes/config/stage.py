@@ -199,14 +199,29 @@ class MergeStage(StageBase):
     )
 
 
+# The Open LLM Leaderboard set with its few-shot counts (task:shots).
+LEADERBOARD = ["arc_challenge:25", "hellaswag:10", "mmlu:5", "truthfulqa_mc2:0", "winogrande:5", "gsm8k:5"]
+# What a task's default evaluation (TASK_DEFAULT_EVAL) runs.
+DEFAULT_EVAL_HARNESS = {"truthfulqa_mc": ("lm_eval", ["truthfulqa_mc2:0"]), "rouge": ("rouge", []), "pass@1": ("pass_at_k", [])}
+
+
 class EvalStage(StageBase):
     kind: Literal["eval"] = Field(default="eval", description="Evaluate a model.")
-    harness: Literal["lm_eval", "builtin"] = Field(
-        default="lm_eval", description="`lm_eval`: EleutherAI lm-evaluation-harness tasks; `builtin`: loss and exact match on `dataset`."
+    harness: Literal["task", "lm_eval", "builtin", "rouge", "pass_at_k"] = Field(
+        default="lm_eval",
+        description="`lm_eval`: lm-evaluation-harness `tasks`; `rouge`: generate on `dataset` and score ROUGE-1/2/L; "
+        "`pass_at_k`: generate code for HumanEval-format `dataset` problems and run their tests in a sandbox; "
+        "`builtin`: exact match, answer loss and perplexity on `dataset`; `task`: the default of the upstream SFT "
+        "stage's task (completion/chat -> truthfulqa_mc2, summarization -> rouge, code-generation -> pass_at_k).",
     )
-    tasks: list[str] = Field(default_factory=list, description="lm-eval task names (e.g. arc_challenge, hellaswag).")
-    num_fewshot: int | None = Field(default=None, ge=0, description="Few-shot examples per task (null: the task's default).")
-    limit: int | None = Field(default=None, ge=1, description="Evaluate only the first N examples of each task.")
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="lm-eval task names, each optionally with its few-shot count (`arc_challenge:25`); "
+        "`leaderboard` stands for the Open LLM Leaderboard set (ARC 25, HellaSwag 10, MMLU 5, TruthfulQA 0, "
+        "Winogrande 5, GSM8K 5).",
+    )
+    num_fewshot: int | None = Field(default=None, ge=0, description="Few-shot examples for tasks without `:N` (null: the task's default).")
+    limit: int | None = Field(default=None, ge=1, description="Evaluate only the first N examples of each task or dataset.")
     batch_size: int = Field(default=1, ge=1, description="Evaluation batch size.")
     include_path: str | None = Field(
         default=None, description="lm_eval: a directory of extra task YAMLs (local tasks, e.g. on local data files)."
@@ -218,43 +233,85 @@ class EvalStage(StageBase):
         default=None, description="lm_eval: system prompt used with the chat template."
     )
     dataset: DatasetConfig | None = Field(
-        default=None, description="Builtin harness: conversations whose last assistant turn is the reference answer."
+        default=None,
+        description="builtin / rouge: conversations whose last assistant turn is the reference; pass_at_k: "
+        "HumanEval-format problems. rouge with no dataset uses the upstream SFT stage's held-out rows.",
     )
     preference_dataset: DatasetConfig | None = Field(
         default=None,
         description="Builtin harness: preference pairs; scores how often a model gives the chosen answer a higher "
         "log-likelihood than the rejected one (what DPO optimises).",
     )
-    max_new_tokens: int = Field(default=32, ge=1, description="Generation budget for exact-match scoring (builtin).")
-    template: Template = Field(default="neural_chat", description="Prompt format for the builtin harness.")
+    max_new_tokens: int = Field(default=32, ge=1, description="Generation budget per answer (builtin, rouge, pass_at_k).")
+    num_samples: int = Field(default=1, ge=1, description="pass_at_k: completions per problem (n); above 1 they are sampled.")
+    k: list[int] = Field(default_factory=lambda: [1], description="pass_at_k: the k of each pass@k reported (each <= num_samples).")
+    temperature: float = Field(default=0.8, gt=0, description="pass_at_k: sampling temperature when num_samples > 1.")
+    top_p: float = Field(default=0.95, gt=0, le=1, description="pass_at_k: nucleus sampling threshold when num_samples > 1.")
+    timeout_s: float = Field(default=10.0, gt=0, description="pass_at_k: wall-clock limit per test program.")
+    memory_mb: int = Field(default=1024, ge=64, description="pass_at_k: address-space limit per test program.")
+    template: Template | None = Field(
+        default=None,
+        description="Prompt format for builtin and rouge (pass_at_k completes the raw prompt); null: the template "
+        "the nearest earlier SFT stage trained with (neural_chat without one).",
+    )
     compare: list[str] = Field(
         default_factory=list,
         description="Also score these models for a before/after: `base` (the recipe's untrained base model) or "
         "names of earlier stages that produce a model (e.g. `merge`).",
     )
 
+    @property
+    def expanded_tasks(self) -> list[str]:
+        return [t for task in self.tasks for t in (LEADERBOARD if task == "leaderboard" else [task])]
+
     @model_validator(mode="after")
     def _has_work(self) -> "EvalStage":
         if self.harness == "lm_eval" and not self.tasks:
-            raise ValueError("the lm_eval harness needs at least one task in `tasks`")
+            raise ValueError("the lm_eval harness needs at least one task in `tasks` (or `leaderboard`)")
         if self.harness == "builtin" and self.dataset is None and self.preference_dataset is None:
             raise ValueError("the builtin harness needs a `dataset` or a `preference_dataset`")
+        if self.harness == "pass_at_k":
+            if self.dataset is None or self.dataset.format != "humaneval":
+                raise ValueError("the pass_at_k harness needs a HumanEval-format `dataset` "
+                                 "(e.g. `+dataset@eval.dataset=humaneval`)")
+            if max(self.k) > self.num_samples:
+                raise ValueError(f"pass@{max(self.k)} needs at least {max(self.k)} samples per problem; "
+                                 f"raise `num_samples` to {max(self.k)} or lower `k`")
+        if self.dataset is not None and self.dataset.format == "humaneval" and self.harness not in ("pass_at_k", "task"):
+            raise ValueError(f"a HumanEval-format dataset is scored by harness `pass_at_k`, not {self.harness!r}")
+        for task in self.expanded_tasks:
+            name, _, shots = task.partition(":")
+            if not name or (shots and not shots.isdigit()):
+                raise ValueError(f"`tasks`: {task!r} is not `name` or `name:shots` (e.g. arc_challenge:25)")
         return self
 
 
 class GenerateStage(StageBase):
     kind: Literal["generate"] = Field(default="generate", description="Generate answers to prompts with a model.")
-    prompts: list[str] = Field(min_length=1, description="Prompts to answer.")
+    prompts: list[str] = Field(default_factory=list, description="Prompts to answer.")
+    prompts_file: str | None = Field(
+        default=None, description="Also answer the prompts in this file: .txt (one per line) or .jsonl (a `prompt` field per line)."
+    )
     system: str | None = Field(
         default=None, description="System prompt put before every prompt (use the one the model was trained with)."
     )
-    template: Template = Field(default="neural_chat", description="Prompt format the prompts are wrapped in.")
+    template: Template | None = Field(
+        default=None,
+        description="Prompt format the prompts are wrapped in; null: the template the nearest earlier SFT stage "
+        "trained with (neural_chat without one).",
+    )
     max_new_tokens: int = Field(default=100, ge=1, description="Tokens to generate per prompt.")
     do_sample: bool = Field(default=False, description="Sample instead of greedy decoding.")
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature.")
     top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     batch_size: int = Field(default=1, ge=1, description="Prompts per forward pass.")
     seed: int = Field(default=42, description="Sampling seed.")
+
+    @model_validator(mode="after")
+    def _has_prompts(self) -> "GenerateStage":
+        if not self.prompts and not self.prompts_file:
+            raise ValueError("a generate stage needs `prompts` or a `prompts_file`")
+        return self
 
 
 StageConfig = Annotated[

@@ -127,7 +127,18 @@ def stack_exchange_sft(row: Row, where: str, default_system: str | None) -> Row:
     return _pair(_need_str(row, "question", where), _need_str(row, "response_j", where), default_system)
 
 
+def humaneval(row: Row, where: str, default_system: str | None) -> Row:
+    """A code problem (openai_humaneval): the prompt to complete and the tests that judge it."""
+    out = {key: _need_str(row, key, where) for key in ("prompt", "test", "entry_point")}
+    out["task_id"] = str(row.get("task_id", where))
+    out["canonical_solution"] = row.get("canonical_solution") or ""
+    if f"def check(" not in out["test"]:
+        raise DataError(f"{where}: column 'test' must define check(candidate), as HumanEval's tests do")
+    return out
+
+
 ADAPTERS: dict[tuple[str, str], Callable[[Row, str, str | None], Row]] = {
+    ("humaneval", "code"): humaneval,
     ("slimorca", "sft"): slimorca,
     ("messages", "sft"): messages_format,
     ("ultrachat", "sft"): messages_format,

@@ -87,6 +87,46 @@ def load_model(spec, source: str, precision: str, causal: bool = True, dtype=Non
         raise
 
 
+def render_prompt(tokenizer, template: str, messages: list[dict[str, str]]) -> str:
+    """The text a model continues for these messages: the template's prompt, or the tokenizer's
+    own chat template with the generation prompt."""
+    from ..data.templates import prompt_text
+
+    if template == "tokenizer":
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return prompt_text(template, messages, tokenizer.eos_token)
+
+
+def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
+                   sample: dict[str, Any] | None = None, num_return_sequences: int = 1) -> list[list[str]]:
+    """Batched generation (left padding, KV cache): for each prompt, its completions."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    out_texts: list[list[str]] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        kwargs = dict(do_sample=True, **sample) if sample else dict(do_sample=False)
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, use_cache=True, num_return_sequences=num_return_sequences,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **kwargs)
+        new = out[:, enc["input_ids"].shape[1]:]
+        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+        out_texts += [texts[i:i + num_return_sequences] for i in range(0, len(texts), num_return_sequences)]
+    return out_texts
+
+
+def load_input_model(spec, entry: dict[str, Any], precision: str):
+    """The model a plan input stands for: a full model, or (``adapter_base``) base + adapter."""
+    base = entry.get("adapter_base")
+    if not base:
+        return load_model(spec, model_source(entry), precision)
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(load_model(spec, model_source(base), precision), model_source(entry))
+
+
 def check_adapter_fits(spec, model) -> None:
     """Adapter settings that depend on the model's shape, checked with a message naming the key."""
     peft = spec.peft or {}
@@ -129,7 +169,7 @@ def training_kwargs(args: dict[str, Any], output_dir: str, backend, config_cls, 
         logging_steps=args["logging_steps"],
         logging_first_step=True,
         disable_tqdm=True,  # progress comes from our callback: one line per logging step
-        report_to=[],
+        report_to=list(args.get("report_to") or []),  # the run's report.md is written regardless
         dataloader_num_workers=0,
         remove_unused_columns=False,
         **warm,

@@ -1,7 +1,11 @@
-"""Evaluation: lm-evaluation-harness tasks, or the builtin harness (exact match + answer loss).
+"""Evaluation harnesses, each scoring the stage's input model and every model in ``compare``
+(``base`` = the untrained base model), so the summary shows before and after:
 
-The builtin harness scores the stage's input model and every model named in ``compare``
-(``base`` = the untrained base model), so the summary shows before and after.
+- ``lm_eval``: EleutherAI lm-evaluation-harness tasks (``name:shots``; ``leaderboard`` preset);
+- ``rouge``: generate a summary for each held-out article, ROUGE-1/2/L against the reference;
+- ``pass_at_k``: complete HumanEval-format problems, run their tests sandboxed (code_eval.py);
+- ``builtin``: exact match of generated answers, answer loss and perplexity, preference accuracy.
+Results go to the manifest and to ``metrics.json`` in the artifact.
 """
 
 from __future__ import annotations
@@ -12,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from . import StageContext
-from .common import StageError, load_model, load_tokenizer, log, model_source
+from .common import StageError, generate_texts, load_input_model, load_tokenizer, log, model_source, render_prompt
 
 
-def _models(ctx: StageContext) -> list[tuple[str, str]]:
-    """(label, source) of every model scored: the stage's input ("final"), then each `compare` model."""
+def _models(ctx: StageContext) -> list[tuple[str, dict[str, Any]]]:
+    """(label, plan input) of every model scored: the stage's input ("final"), then each `compare` model."""
     first, *others = ctx.spec.inputs
-    return [("final", model_source(first))] + [(e["stage"] or "base", model_source(e)) for e in others]
+    return [("final", first)] + [(e["stage"] or "base", e) for e in others]
 
 
 def _answer_logprob(model, tokenizer, prompt: str, answer: str) -> tuple[float, int]:
@@ -33,30 +37,26 @@ def _answer_logprob(model, tokenizer, prompt: str, answer: str) -> tuple[float, 
     return logp, len(a_ids)
 
 
+def _references(rows, tokenizer, template: str) -> tuple[list[str], list[str]]:
+    """(prompts, reference answers): each conversation up to its last assistant turn, and that turn."""
+    prompts, refs = [], []
+    for row in rows:
+        messages = row["messages"]
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        prompts.append(render_prompt(tokenizer, template, messages[:last]))
+        refs.append(messages[last]["content"])
+    return prompts, refs
+
+
 def _exact_match(model, tokenizer, rows, template: str, args) -> dict[str, float]:
-    import torch
-
-    from ..data.templates import prompt_text
-
+    prompts, refs = _references(rows, tokenizer, template)
+    outputs = generate_texts(model, tokenizer, prompts, args["max_new_tokens"], args["batch_size"])
     exact, nll, answer_tokens = 0, 0.0, 0
-    batch = args["batch_size"]
-    for start in range(0, len(rows), batch):
-        prompts, refs = [], []
-        for row in rows[start:start + batch]:
-            messages = row["messages"]
-            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-            prompts.append(prompt_text(template, messages[:last], tokenizer.eos_token))
-            refs.append(messages[last]["content"])
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=args["max_new_tokens"], do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        for i, ref in enumerate(refs):
-            text = tokenizer.decode(out[i, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            exact += int(text.strip() == ref.strip())
-            logp, n = _answer_logprob(model, tokenizer, prompts[i], ref)
-            nll -= logp
-            answer_tokens += n
+    for prompt, ref, (text,) in zip(prompts, refs, outputs):
+        exact += int(text.strip() == ref.strip())
+        logp, n = _answer_logprob(model, tokenizer, prompt, ref)
+        nll -= logp
+        answer_tokens += n
     return {"exact_match": exact / len(rows), "answer_loss": nll / answer_tokens,
             "answer_perplexity": math.exp(nll / answer_tokens), "examples": len(rows)}
 
@@ -74,26 +74,79 @@ def _preference(model, tokenizer, pairs, template: str) -> dict[str, float]:
     return {"preference_accuracy": wins / len(pairs), "preference_margin": margin / len(pairs), "pairs": len(pairs)}
 
 
-def _builtin(ctx: StageContext) -> dict[str, Any]:
+def _rouge(model, tokenizer, rows, template: str, args) -> dict[str, float]:
+    from rouge_score import rouge_scorer
+
+    prompts, refs = _references(rows, tokenizer, template)
+    outputs = generate_texts(model, tokenizer, prompts, args["max_new_tokens"], args["batch_size"])
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    for ref, (text,) in zip(refs, outputs):
+        for key, value in scorer.score(ref, text.strip()).items():
+            totals[key] += value.fmeasure
+    return {**{k: v / len(rows) for k, v in totals.items()}, "examples": len(rows)}
+
+
+def _pass_at_k(model, tokenizer, problems, args) -> dict[str, Any]:
+    from .code_eval import score, truncate
+
+    n = args["num_samples"]
+    sample = {"temperature": args["temperature"], "top_p": args["top_p"]} if n > 1 else None
+    outputs = generate_texts(model, tokenizer, [p["prompt"] for p in problems], args["max_new_tokens"],
+                             args["batch_size"], sample, num_return_sequences=n)
+    completions = [[truncate(c) for c in cs] for cs in outputs]
+    result = score(problems, completions, args["k"], args["timeout_s"], args["memory_mb"])
+    for p, cs in zip(result["per_problem"], completions):
+        p["completions"] = cs
+    return result
+
+
+def _eval_rows(ctx: StageContext):
+    """What the generation-based harnesses score, loaded once for every compared model."""
+    from ..config.dataset import DatasetConfig
+    from ..data.loading import load_rows, load_splits
+
+    stage, args = ctx.stage, ctx.spec.args
+    limit = args["limit"]
+    if args["harness"] == "pass_at_k":
+        rows = load_rows(stage.dataset, "code")[0]
+    elif stage.dataset is not None:
+        rows = load_rows(stage.dataset, "sft")[0]
+    elif args.get("held_out_dataset"):
+        held = load_splits(DatasetConfig.model_validate(args["held_out_dataset"]), "sft")[1]
+        if not held:
+            raise StageError(f"`{ctx.spec.name}`: the {args['held_out_of']!r} stage's dataset has no held-out rows")
+        rows = held
+    else:
+        rows = None
+    return rows[:limit] if rows and limit else rows
+
+
+def _generation_harness(ctx: StageContext) -> dict[str, Any]:
     from ..data.loading import load_rows
 
-    stage, template = ctx.stage, ctx.spec.args["template"]
-    rows = load_rows(stage.dataset, "sft")[0] if stage.dataset else None
+    stage, args, template = ctx.stage, ctx.spec.args, ctx.spec.args["template"]
+    harness = args["harness"]
+    rows = _eval_rows(ctx)
     pairs = load_rows(stage.preference_dataset, "preference")[0] if stage.preference_dataset else None
     results = {}
-    for label, src in _models(ctx):
+    for label, entry in _models(ctx):
+        src = model_source(entry)
         tokenizer = load_tokenizer(ctx.spec, src, template)
-        tokenizer.padding_side = "left"
-        model = load_model(ctx.spec, src, "fp32").eval()
-        scores: dict[str, float] = {}
-        if rows:
-            scores.update(_exact_match(model, tokenizer, rows, template, ctx.spec.args))
-        if pairs:
+        model = load_input_model(ctx.spec, entry, "fp32").eval()
+        scores: dict[str, Any] = {}
+        if harness == "rouge":
+            scores.update(_rouge(model, tokenizer, rows, template, args))
+        elif harness == "pass_at_k":
+            scores.update(_pass_at_k(model, tokenizer, rows, args))
+        elif rows:
+            scores.update(_exact_match(model, tokenizer, rows, template, args))
+        if pairs and harness == "builtin":
             scores.update(_preference(model, tokenizer, pairs, template))
         results[label] = scores
         log.info("[%s] %s (%s): %s", ctx.spec.name, label, src,
                  ", ".join(f"{k} {v:.3g}" for k, v in scores.items() if isinstance(v, float)))
-    return {"harness": "builtin", "results": results}
+    return {"harness": harness, "results": results}
 
 
 def _lm_eval(ctx: StageContext) -> dict[str, Any]:
@@ -105,24 +158,33 @@ def _lm_eval(ctx: StageContext) -> dict[str, Any]:
         raise StageError("the lm_eval harness needs lm-eval: pip install 'neuralchat-recipes[eval]'") from exc
     args = ctx.spec.args
     tasks = TaskManager(include_path=str(Path(args["include_path"]).expanduser().resolve())) if args["include_path"] else None
+    by_shots: dict[int | None, list[str]] = {}
+    for task in args["tasks"]:  # lm-eval takes one few-shot count per call: group the tasks by theirs
+        name, _, shots = task.partition(":")
+        by_shots.setdefault(int(shots) if shots else args["num_fewshot"], []).append(name)
     results: dict[str, dict[str, float]] = {}
-    for label, src in _models(ctx):
+    for label, entry in _models(ctx):
+        src = model_source(entry.get("adapter_base") or entry)
         model_args = f"pretrained={src},dtype=auto,trust_remote_code={ctx.spec.model['trust_remote_code']}"
+        if entry.get("adapter_base"):
+            model_args += f",peft={model_source(entry)}"
         if ctx.spec.model["revision"] and not Path(src).is_dir():  # a hub id: pin the entry's revision
             model_args += f",revision={ctx.spec.model['revision']}"
-        out = lm_eval.simple_evaluate(
-            model="hf", model_args=model_args, tasks=list(args["tasks"]), num_fewshot=args["num_fewshot"],
-            limit=args["limit"], batch_size=args["batch_size"], device=ctx.backend.torch_device(), task_manager=tasks,
-            apply_chat_template=args["apply_chat_template"], system_instruction=args["system_instruction"],
-        )
-        results[label] = {f"{task}/{metric.split(',')[0]}": value for task, metrics in out["results"].items()
-                          for metric, value in metrics.items()
-                          if isinstance(value, (int, float)) and "stderr" not in metric}
+        results[label] = {}
+        for shots, names in by_shots.items():
+            out = lm_eval.simple_evaluate(
+                model="hf", model_args=model_args, tasks=names, num_fewshot=shots,
+                limit=args["limit"], batch_size=args["batch_size"], device=ctx.backend.torch_device(), task_manager=tasks,
+                apply_chat_template=args["apply_chat_template"], system_instruction=args["system_instruction"],
+            )
+            results[label].update({f"{task}/{metric.split(',')[0]}": value for task, metrics in out["results"].items()
+                                   for metric, value in metrics.items()
+                                   if isinstance(value, (int, float)) and "stderr" not in metric})
         log.info("[%s] %s (%s): %s", ctx.spec.name, label, src, ", ".join(f"{k} {v:.3g}" for k, v in results[label].items()))
     return {"harness": "lm_eval", "results": results}
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    metrics = _builtin(ctx) if ctx.spec.args["harness"] == "builtin" else _lm_eval(ctx)
-    (ctx.final / "results.json").write_text(json.dumps(metrics, indent=2))
+    metrics = _lm_eval(ctx) if ctx.spec.args["harness"] == "lm_eval" else _generation_harness(ctx)
+    (ctx.final / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -1,41 +1,54 @@
-"""Generate answers to the stage's prompts with the upstream model; saves generations.jsonl."""
+"""Generate answers to the stage's prompts (and prompts file) with the upstream model.
+
+Prompts are wrapped in the stage's template (``tokenizer``: the model's own chat template) with
+the optional system prompt, generated in batches (greedy unless ``do_sample``) and saved as
+``generations.jsonl``: one ``{"prompt", "completion"}`` per prompt, in order.
+"""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from . import StageContext
-from .common import load_model, load_tokenizer, log, model_source
+from .common import StageError, generate_texts, load_input_model, load_tokenizer, log, model_source, render_prompt
+
+
+def read_prompts(path: str) -> list[str]:
+    """Prompts of a .txt file (one per non-empty line) or a .jsonl file (a `prompt` field per line)."""
+    file = Path(path)
+    if file.suffix == ".jsonl":
+        prompts = []
+        for i, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise StageError(f"{file}, line {i}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                raise StageError(f"{file}, line {i}: expected an object with a string `prompt`")
+            prompts.append(row["prompt"])
+        return prompts
+    return [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     import torch
 
-    from ..data.templates import prompt_text
-
     spec, args = ctx.spec, ctx.spec.args
     source = model_source(spec.inputs[0])
     tokenizer = load_tokenizer(spec, source, args["template"])
-    tokenizer.padding_side = "left"
-    model = load_model(spec, source, args["precision"]).eval()
+    model = load_input_model(spec, spec.inputs[0], args["precision"]).eval()
     torch.manual_seed(args["seed"])
-    outputs = []
-    prompts = list(args["prompts"])
-    for start in range(0, len(prompts), args["batch_size"]):
-        chunk = prompts[start:start + args["batch_size"]]
-        system = [{"role": "system", "content": args["system"]}] if args["system"] else []
-        texts = [prompt_text(args["template"], [*system, {"role": "user", "content": p}], tokenizer.eos_token) for p in chunk]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        sample = dict(do_sample=True, temperature=args["temperature"], top_p=args["top_p"]) if args["do_sample"] else dict(do_sample=False)
-        with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=args["max_new_tokens"], use_cache=True,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **sample)
-        for i, prompt in enumerate(chunk):
-            answer = tokenizer.decode(out[i, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-            outputs.append({"prompt": prompt, "response": answer})
-            log.info("[%s] %r -> %r", spec.name, prompt, answer)
+    prompts = list(args["prompts"]) + (read_prompts(args["prompts_file"]) if args.get("prompts_file") else [])
+    system = [{"role": "system", "content": args["system"]}] if args["system"] else []
+    texts = [render_prompt(tokenizer, args["template"], [*system, {"role": "user", "content": p}]) for p in prompts]
+    sample = {"temperature": args["temperature"], "top_p": args["top_p"]} if args["do_sample"] else None
+    outputs = generate_texts(model, tokenizer, texts, args["max_new_tokens"], args["batch_size"], sample)
     with open(ctx.final / "generations.jsonl", "w", encoding="utf-8") as fh:
-        for row in outputs:
-            fh.write(json.dumps(row) + "\n")
-    return {"generations": len(outputs)}
+        for prompt, (completion,) in zip(prompts, outputs):
+            fh.write(json.dumps({"prompt": prompt, "completion": completion.strip()}) + "\n")
+            log.info("[%s] %r -> %r", spec.name, prompt, completion.strip())
+    return {"generations": len(prompts)}

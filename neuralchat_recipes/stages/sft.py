@@ -54,7 +54,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         group_by_length=args["group_by_length"],
         dataset_num_proc=None,
         deepspeed=deepspeed_file(ctx),
-        include_num_input_tokens_seen=True,
+        include_num_input_tokens_seen="non_padding",
         **eval_kwargs(args),
     )))
     trainer = trainer_cls(
@@ -138,7 +138,8 @@ def _run_plain_trainer(ctx: StageContext, model, tokenizer, examples, eval_examp
     trainer_cls, config_cls = ctx.backend.trainer_classes()
     config = config_cls(**training_kwargs(args, str(ctx.checkpoints), ctx.backend, config_cls, dict(
         group_by_length=args["group_by_length"] and not args["packing"], deepspeed=deepspeed_file(ctx),
-        include_num_input_tokens_seen=True, **eval_kwargs(args))))
+        # the packed path's 4D mask cannot be summed into a token count: count all, scale by the real share
+        include_num_input_tokens_seen="all" if args["packing"] else "non_padding", **eval_kwargs(args))))
     trainer = trainer_cls(model=model, args=config, train_dataset=Dataset.from_list(train),
                           eval_dataset=Dataset.from_list(held) if held else None, processing_class=tokenizer,
                           data_collator=collator, **ctx.backend.trainer_kwargs(args))
@@ -146,6 +147,7 @@ def _run_plain_trainer(ctx: StageContext, model, tokenizer, examples, eval_examp
     metrics.update(extra)
     if args["packing"] and collator.fraction is not None:
         metrics["packing"]["non_pad_fraction_seen"] = round(collator.fraction, 4)
+        metrics["tokens_seen"] = int(metrics["tokens_seen"] * collator.fraction)
     return metrics
 
 

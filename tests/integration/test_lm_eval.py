@@ -40,7 +40,7 @@ def test_lm_eval_local_task_scores_trained_above_base(tmp_path):
                    f"eval.include_path={tasks}", "eval.apply_chat_template=true", f"eval.system_instruction='{SYS}'",
                    "eval.compare=[base]", "eval.batch_size=8", f"output_root={tmp_path / 'out'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((next((tmp_path / "out").glob("artifacts/eval-*")) / "results.json").read_text())["results"]
+    results = json.loads((next((tmp_path / "out").glob("artifacts/eval-*")) / "metrics.json").read_text())["results"]
     assert results["final"]["tiny_arith_mc/acc"] >= 0.9
     assert results["final"]["tiny_arith_mc/acc"] > results["base"]["tiny_arith_mc/acc"]
     assert "tiny_arith_mc/acc" in proc.stdout  # shown in the summary table

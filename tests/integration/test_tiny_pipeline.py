@@ -38,6 +38,22 @@ def demo(tmp_path_factory):
 def test_default_command_runs_the_tiny_recipe(demo):
     root, proc = demo
     assert statuses(proc.stdout) == {s: "ran" for s in ("sft", "merge", "dpo", "merge_dpo", "eval")}
+
+
+def test_the_run_report_has_the_stage_table_curves_and_results(demo):
+    root, proc = demo
+    run_dir = Path(latest_summary(root)["run_dir"])
+    report = (run_dir / "report.md").read_text()
+    for stage in ("sft", "merge", "dpo", "merge_dpo", "eval"):
+        assert f"| {stage} | " in report
+    assert "![Loss per stage](loss.png)" in report and "![DPO reward accuracy and margin](dpo_rewards.png)" in report
+    assert "| final |" in report and "| base |" in report and "exact_match" in report
+    from PIL import Image
+
+    for name in ("loss.png", "dpo_rewards.png"):
+        with Image.open(run_dir / name) as image:
+            assert image.size[0] >= 600 and image.size[1] >= 400
+    assert f"report:      {run_dir / 'report.md'}" in proc.stdout
     assert "final model:" in proc.stdout
     assert re.search(r"\[sft\] step \d+/500", proc.stderr), "progress lines while training"
 
@@ -123,11 +139,14 @@ def test_a_sweep_over_dpo_beta_trains_sft_once(tmp_path):
 
 
 def test_generate_stage_answers_prompts_with_the_merged_model(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Compute 1 + 6 ."}) + "\n" + json.dumps({"prompt": "What is 9 plus 0 ?"}) + "\n")
     proc = run_cli("pipeline=[sft,merge,generate]", "+stage@generate=generate", "sft.max_steps=300",
-                   'generate.prompts=["What is 2 plus 3 ?","Add 4 and 4 ."]', "generate.max_new_tokens=8",
+                   'generate.prompts=["What is 2 plus 3 ?","Add 4 and 4 ."]', f"generate.prompts_file={prompts}",
+                   "generate.max_new_tokens=8",
                    "generate.batch_size=2", "generate.system='You are a helpful, respectful and honest assistant.'",
                    f"output_root={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(l) for l in (next(tmp_path.glob("artifacts/generate-*")) / "generations.jsonl").read_text().splitlines()]
-    assert [r["prompt"] for r in rows] == ["What is 2 plus 3 ?", "Add 4 and 4 ."]
-    assert all(re.fullmatch(r"\d plus \d is \d+ \.", r["response"]) for r in rows), rows
+    assert [r["prompt"] for r in rows] == ["What is 2 plus 3 ?", "Add 4 and 4 .", "Compute 1 + 6 .", "What is 9 plus 0 ?"]
+    assert all(re.fullmatch(r"\d plus \d is \d+ \.", r["completion"]) for r in rows), rows

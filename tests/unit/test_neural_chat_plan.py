@@ -11,13 +11,19 @@ def plan():
 
 
 def test_pipeline_and_wiring(plan):
-    assert [(s.name, s.kind) for s in plan.stages] == [("sft", "sft"), ("merge", "merge"), ("dpo", "dpo")]
-    sft, merge, dpo = plan.stages
+    assert [(s.name, s.kind) for s in plan.stages] == [("sft", "sft"), ("merge", "merge"), ("dpo", "dpo"),
+                                                      ("merge_dpo", "merge"), ("eval", "eval"), ("generate", "generate")]
+    sft, merge, dpo, merge_dpo, evaluation, generate = plan.stages
     assert sft.inputs[0]["model"] == "mistralai/Mistral-7B-v0.1"
     assert merge.inputs[0]["stage"] == "sft" and merge.inputs[0]["fingerprint"] == sft.fingerprint
     assert merge.inputs[1]["model"] == "mistralai/Mistral-7B-v0.1"  # the base the adapter is merged into
     assert dpo.inputs[0]["stage"] == "merge" and dpo.model["source"] == merge.output_dir
     assert plan.world_size == 8
+    # the final model is scored on the Open LLM Leaderboard set against the SFT-only model
+    assert evaluation.inputs[0]["stage"] == "merge_dpo" and evaluation.inputs[1]["stage"] == "merge"
+    assert evaluation.args["harness"] == "lm_eval" and evaluation.args["tasks"] == [
+        "arc_challenge:25", "hellaswag:10", "mmlu:5", "truthfulqa_mc2:0", "winogrande:5", "gsm8k:5"]
+    assert generate.inputs[0]["stage"] == "merge_dpo"
 
 
 def test_sft_matches_finetune_neuralchat_v3(plan):
