@@ -264,6 +264,7 @@ def _training_args(stage, hw, backend, precision: str, world: int, zero_stage: i
             max_length=stage.max_length,
             max_prompt_length=stage.max_prompt_length,
             pad_to_max=hw.static_shapes if stage.pad_to_max is None else stage.pad_to_max,
+            group_by_length=not hw.static_shapes if stage.group_by_length is None else stage.group_by_length,
             reference_model="policy with adapter disabled" if stage.peft.method != "none" else "frozen copy of the input model",
         )
     args.update(backend.training_extras(stage, bool(zero_stage)))

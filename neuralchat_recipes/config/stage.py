@@ -178,6 +178,11 @@ class DPOStage(TrainStageBase):
         json_schema_extra=NOT_FINGERPRINTED,
     )
     template: Template = Field(default="neural_chat", description="Prompt format the preference prompts are rendered with.")
+    group_by_length: bool | None = Field(
+        default=None,
+        description="Batch pairs of similar length together (less padding: faster on dynamic-shape devices); "
+        "null: on unless the hardware profile pads to static shapes.",
+    )
 
     @property
     def resolved_template(self) -> str:

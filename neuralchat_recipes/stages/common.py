@@ -176,6 +176,9 @@ def training_kwargs(args: dict[str, Any], output_dir: str, backend, config_cls, 
         **backend.runtime_training_kwargs(args),
         **extra,
     )
+    if kwargs.pop("group_by_length", False):  # transformers 5 renamed it to train_sampling_strategy
+        kwargs["train_sampling_strategy" if "train_sampling_strategy" in fields else "group_by_length"] = (
+            "group_by_length" if "train_sampling_strategy" in fields else True)
     dropped = sorted(k for k in kwargs if k not in fields)
     if dropped:
         log.debug("training arguments not taken by %s: %s", config_cls.__name__, dropped)
@@ -225,6 +228,12 @@ def attach_progress(trainer, stage_name: str) -> list[dict[str, Any]]:
         def on_train_begin(self, args, state, control, **kwargs):
             self.t0, self.step0 = time.time(), state.global_step
 
+        def on_step_end(self, args, state, control, **kwargs):
+            if not hasattr(trainer, "_ncr_first_step_s"):  # from process start to the first optimizer step
+                from .. import PROCESS_START
+
+                trainer._ncr_first_step_s = round(time.time() - PROCESS_START, 3)
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not logs or not state.is_world_process_zero:
                 return
@@ -252,7 +261,9 @@ def train_and_save(ctx, trainer, tokenizer, summarize: tuple[str, ...] = ("loss"
     resume = latest_checkpoint(ctx.checkpoints)
     if resume:
         log.info("[%s] resuming from %s", name, resume)
+    t0 = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
+    train_runtime = time.time() - t0
     if trainer.is_world_process_zero():
         trainer.save_model(str(ctx.final))
         tokenizer.save_pretrained(str(ctx.final))
@@ -270,6 +281,8 @@ def train_and_save(ctx, trainer, tokenizer, summarize: tuple[str, ...] = ("loss"
         "tokens_seen": int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0),
         "samples": len(trainer.train_dataset),
         "resumed_from": resume,
+        "train_runtime_s": round(train_runtime, 3),
+        "first_step_s": getattr(trainer, "_ncr_first_step_s", None),
     })
     for key in summarize:
         metrics.update(loss_summary(history, key))

@@ -41,8 +41,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
     rows, held_out, data_source = load_splits(ctx.stage.dataset, "preference")
 
     def pairs(rows_):
-        return Dataset.from_list([{"prompt": prompt_text(args["template"], r["prompt"], tokenizer.eos_token),
-                                   "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows_])
+        prompts = [prompt_text(args["template"], r["prompt"], tokenizer.eos_token) for r in rows_]
+        data = {"prompt": prompts, "chosen": [r["chosen"] for r in rows_], "rejected": [r["rejected"] for r in rows_]}
+        if args["group_by_length"]:  # tokens of the longer sequence of each pair, for the length-grouped sampler
+            n = {k: [len(ids) for ids in tokenizer(v, add_special_tokens=False)["input_ids"]] for k, v in data.items()}
+            data["length"] = [p + max(c, r) for p, c, r in zip(n["prompt"], n["chosen"], n["rejected"])]
+        return Dataset.from_dict(data)
 
     dataset = pairs(rows)
     log.info("[%s] %d preference pairs from %s", spec.name, len(dataset), data_source)
@@ -58,6 +62,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         pad_to_multiple_of=args["max_length"] if args["pad_to_max"] else None,
         dataset_num_proc=None,
         deepspeed=deepspeed_file(ctx),
+        group_by_length=args["group_by_length"],
         **eval_kwargs(args),
     )))
     trainer = with_prompt_limit(trainer_cls, args["max_prompt_length"])(

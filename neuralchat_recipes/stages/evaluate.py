@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -172,11 +173,20 @@ def _lm_eval(ctx: StageContext) -> dict[str, Any]:
             model_args += f",revision={ctx.spec.model['revision']}"
         results[label] = {}
         for shots, names in by_shots.items():
-            out = lm_eval.simple_evaluate(
-                model="hf", model_args=model_args, tasks=names, num_fewshot=shots,
-                limit=args["limit"], batch_size=args["batch_size"], device=ctx.backend.torch_device(), task_manager=tasks,
-                apply_chat_template=args["apply_chat_template"], system_instruction=args["system_instruction"],
-            )
+            try:
+                out = lm_eval.simple_evaluate(
+                    model="hf", model_args=model_args, tasks=names, num_fewshot=shots,
+                    limit=args["limit"], batch_size=args["batch_size"], device=ctx.backend.torch_device(), task_manager=tasks,
+                    apply_chat_template=args["apply_chat_template"], system_instruction=args["system_instruction"],
+                )
+            except Exception as exc:  # lm-eval raises many kinds; say which tasks and what usually causes it
+                offline = [k for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(k) == "1"]
+                raise StageError(
+                    f"`{ctx.spec.name}`: lm-eval could not run tasks {names} ({type(exc).__name__}: {str(exc)[:300]}). "
+                    "Hub tasks download their data" + (f", but {' and '.join(offline)}=1 is set" if offline else "")
+                    + f"; run with network access, or evaluate local tasks with `{ctx.spec.name}.include_path`, or skip "
+                    f"the stage with `pipeline=[...]` without {ctx.spec.name!r}"
+                ) from exc
             results[label].update({f"{task}/{metric.split(',')[0]}": value for task, metrics in out["results"].items()
                                    for metric, value in metrics.items()
                                    if isinstance(value, (int, float)) and "stderr" not in metric})

@@ -105,7 +105,7 @@ def test_instruct_recipe_packs_samples_like_itrex_concatenation(tmp_path):
     data = tmp_path / "alpaca_data.json"
     data.write_text(json.dumps([{"instruction": f"Add {a} and {b} .", "input": "", "output": f"{a} plus {b} is {a + b} ."}
                                 for a in range(10) for b in range(10)]))
-    proc = run_cli("recipe=instruct", "model=tiny_llama", "hardware=cpu", "dataset@sft.dataset=alpaca_file",
+    proc = run_cli("recipe=instruct", "pipeline=[sft]", "model=tiny_llama", "hardware=cpu", "dataset@sft.dataset=alpaca_file",
                    f"sft.dataset.path={data}", "sft.num_train_epochs=null", "sft.max_steps=20", "sft.logging_steps=5",
                    "sft.max_seq_length=128", "sft.learning_rate=3e-3", f"output_root={tmp_path / 'out'}")
     assert proc.returncode == 0, proc.stderr[-3000:]

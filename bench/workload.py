@@ -1,0 +1,98 @@
+"""The benchmark workload, built offline and deterministically: a 20M-parameter Llama-style
+model with a word-level tokenizer, SFT conversations and DPO pairs whose token lengths follow a
+SlimOrca-like long tail (lognormal, median ~300 tokens, capped), in the real datasets' schemas.
+
+Every contender trains the same model from the same tokens: the peers get the token ids this
+project's tokenizer path produces, so only the training machinery differs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+VOCAB = 8000
+SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
+
+
+def words() -> list[str]:
+    from neuralchat_recipes.tiny_model import _vocabulary
+
+    base = _vocabulary()  # template words and specials, so prompts tokenize without <unk>
+    extra = [f"w{i}" for i in range(VOCAB - len(base))]
+    return base + extra
+
+
+def build_model(target: Path, hidden: int = 256, layers: int = 4, intermediate: int = 4928) -> Path:
+    """Random-init Llama (hidden 256, 4 layers, vocab 8000: ~20.3M parameters) + tokenizer."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from neuralchat_recipes.data.templates import jinja_chat_template
+
+    if (target / "config.json").is_file():
+        return target
+    vocab = {w: i for i, w in enumerate(words())}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                        pad_token="<pad>")
+    tokenizer.chat_template = jinja_chat_template("neural_chat")
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=intermediate,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
+                         max_position_embeddings=2048, tie_word_embeddings=False, bos_token_id=vocab["<s>"],
+                         eos_token_id=vocab["</s>"], pad_token_id=vocab["<pad>"])
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+def _lengths(n: int, median: float, cap: int, seed: int, sigma: float = 0.7, floor: int = 16) -> list[int]:
+    rng = random.Random(seed)
+    return [min(cap, max(floor, int(rng.lognormvariate(math.log(median), sigma)))) for _ in range(n)]
+
+
+def _text(rng: random.Random, n: int) -> str:
+    return " ".join(f"w{rng.randrange(VOCAB - 400)}" for _ in range(n))
+
+
+def write_sft(path: Path, n: int = 96, median: int = 300, cap: int = 1024, seed: int = 0) -> Path:
+    """Conversations (dolly-15k-oai-style `messages`), prompt ~20% of each sample."""
+    rng = random.Random(seed + 1)
+    with open(path, "w", encoding="utf-8") as fh:
+        for total in _lengths(n, median, cap - 24, seed):  # room for the template's headers
+            user = max(4, total // 5)
+            fh.write(json.dumps({"messages": [{"role": "user", "content": _text(rng, user)},
+                                              {"role": "assistant", "content": _text(rng, total - user)}]}) + "\n")
+    return path
+
+
+def write_dpo(path: Path, n: int = 64, seed: int = 0) -> Path:
+    """Preference pairs in Intel/orca_dpo_pairs' schema (system, question, chosen, rejected)."""
+    rng = random.Random(seed + 2)
+    prompts = _lengths(n, 100, 300, seed + 3)
+    chosen = _lengths(n, 120, 380, seed + 4)
+    rejected = _lengths(n, 120, 380, seed + 5)
+    with open(path, "w", encoding="utf-8") as fh:
+        for p, c, r in zip(prompts, chosen, rejected):
+            fh.write(json.dumps({"system": "", "question": _text(rng, p), "chosen": _text(rng, c),
+                                 "rejected": _text(rng, r)}) + "\n")
+    return path
+
+
+def tokenized_sft(model_dir: Path, data: Path, max_len: int = 1024) -> list[dict[str, list[int]]]:
+    """The token ids (and trained-token masks) this project's SFT stage trains on."""
+    from transformers import AutoTokenizer
+
+    from neuralchat_recipes.data.formats import convert_rows
+    from neuralchat_recipes.data.tokenize import tokenize_sft
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    return tokenize_sft(convert_rows(rows, "messages", "sft", str(data)), tok, "neural_chat", max_len, None, "assistant")
