@@ -128,7 +128,7 @@ class SFTStage(TrainStageBase):
     packing: bool = Field(
         default=False,
         description="Pack whole samples into max_seq_length blocks (ITREX --dataset_concatenation); each sample "
-        "attends only to itself (block-diagonal mask, positions restart per sample).",
+        "attends only to itself (per-sample causal attention or a block-diagonal mask; positions restart per sample).",
     )
     pad_to_max: bool | None = Field(
         default=None,

@@ -7,9 +7,14 @@ block a block-diagonal causal mask and positions that restart per sample: a pack
 computes the same loss as its samples run one by one (tests/unit/test_packing.py), with almost
 no padding.
 
-The mask is a 4D additive float mask (0 = attend, dtype min = blocked), which transformers
-passes through unchanged to sdpa and eager attention (CPU, XPU, HPU); flash-attention's varlen
-path would use the restarting ``position_ids`` instead (``mask="position_ids"``).
+Two ways to keep samples apart:
+- ``"segments"`` (models on transformers' attention interface, off Gaudi): no mask at all; an
+  attention function registered as ``ncr_packed_sdpa`` runs causal SDPA on each sample's span of
+  the block (found from the restarting position ids), like flash-attention's varlen kernel. It
+  costs the sum of squared sample lengths instead of the block length squared, and keeps SDPA's
+  fast causal kernel, so isolated packing is as fast as ITREX's leaky concatenation.
+- ``"4d"``: a block-diagonal causal mask passed as ``attention_mask`` (bool for sdpa, additive
+  float for eager), which transformers hands to attention unchanged (e.g. Gaudi's own kernels).
 """
 
 from __future__ import annotations
@@ -80,10 +85,12 @@ class PackedCollator:
     """Pads packed blocks and builds the attention that keeps their samples apart.
 
     ``pad_to``: pad every batch to this length (static shapes) instead of its longest block.
-    ``mask``: ``"4d"`` (block-diagonal causal float mask; sdpa / eager attention) or
-    ``"position_ids"`` (no mask; transformers derives the isolation from the restarting positions)."""
+    ``mask``: ``"4d"`` (block-diagonal causal mask; bool, or additive float when ``dtype`` is
+    given, for eager attention) or ``"segments"`` (no mask: the model runs ``ncr_packed_sdpa``)."""
 
     def __init__(self, pad_token_id: int, pad_to: int | None = None, mask: str = "4d", dtype=None):
+        if mask not in ("4d", "segments"):
+            raise ValueError(f"mask must be 4d or segments, not {mask!r}")
         self.pad_token_id = pad_token_id
         self.pad_to = pad_to
         self.mask = mask
@@ -113,15 +120,58 @@ class PackedCollator:
         self.padded_tokens += batch * length
         out = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
         if self.mask == "4d":
-            dtype = self.dtype or torch.float32
             causal = torch.ones(length, length, dtype=torch.bool).tril()
             same = segments[:, :, None] == segments[:, None, :]
-            allowed = same & causal  # padding (segment -1) attends causally to padding only
-            mask = torch.zeros(batch, 1, length, length, dtype=dtype)
-            mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
-            out["attention_mask"] = mask
+            allowed = (same & causal)[:, None]  # padding (segment -1) attends causally to padding only
+            if self.dtype is None:
+                out["attention_mask"] = allowed
+            else:
+                mask = torch.zeros(batch, 1, length, length, dtype=self.dtype)
+                out["attention_mask"] = mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
         return out
 
     @property
     def fraction(self) -> float | None:
         return self.real_tokens / self.padded_tokens if self.padded_tokens else None
+
+
+PACKED_ATTENTION = "ncr_packed_sdpa"
+
+
+def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """Causal SDPA on each sample's span of a packed row: samples start where position ids restart.
+
+    Falls back to transformers' sdpa when there are no position ids, a mask, or a KV cache
+    (generation), so a model saved with this setting still works anywhere."""
+    import torch
+    import torch.nn.functional as F
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    position_ids = kwargs.get("position_ids")
+    if position_ids is None or attention_mask is not None or query.shape[2] != key.shape[2] or query.shape[2] == 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    gqa = getattr(module, "num_key_value_groups", 1) > 1
+    p = dropout if module.training else 0.0
+    positions = position_ids.expand(query.shape[0], -1) if position_ids.shape[0] != query.shape[0] else position_ids
+    rows = []
+    for b in range(query.shape[0]):
+        starts = (positions[b] == 0).nonzero().flatten().tolist()
+        if not starts or starts[0] != 0:
+            starts = [0, *starts]
+        bounds = [*starts[1:], query.shape[2]]
+        rows.append(torch.cat([
+            F.scaled_dot_product_attention(query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e],
+                                           dropout_p=p, scale=scaling, is_causal=True, enable_gqa=gqa)
+            for s, e in zip(starts, bounds)], dim=2))
+    return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+
+
+def use_packed_attention(model) -> bool:
+    """Switch a model to ``ncr_packed_sdpa`` if it runs on transformers' attention interface."""
+    from transformers import AttentionInterface
+
+    if not getattr(model, "_supports_attention_backend", False):
+        return False
+    AttentionInterface.register(PACKED_ATTENTION, packed_sdpa)
+    model.set_attn_implementation(PACKED_ATTENTION)
+    return True

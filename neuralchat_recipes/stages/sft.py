@@ -3,8 +3,9 @@
 Three trainers, one per data layout:
 - unpacked samples: TRL's SFTTrainer (batches padded to their longest sample);
 - packed samples (``packing``, ITREX --dataset_concatenation): the HF Trainer on blocks of whole
-  samples with a block-diagonal mask (data/packing.py), since TRL's packing does not isolate
-  samples with sdpa/eager attention; also LLaMA-Adapter, whose wrapper TRL's fused loss bypasses;
+  samples, each attending only to itself (per-sample causal attention, or a block-diagonal mask on
+  Gaudi; data/packing.py), since TRL's packing does not isolate samples with sdpa/eager attention;
+  also LLaMA-Adapter, whose wrapper TRL's fused loss bypasses;
 - seq2seq models (FLAN-T5): the HF Seq2SeqTrainer (ITREX finetune_seq2seq.py).
 Tokenized data is cached under ``<output_root>/cache/tokenized`` by a key holding the data,
 tokenizer, template and every preprocessing setting. The adapter (or full weights), tokenizer
@@ -94,7 +95,7 @@ def _run_plain_trainer(ctx: StageContext, model, tokenizer, examples, eval_examp
     from datasets import Dataset
     from transformers import DataCollatorForSeq2Seq
 
-    from ..data.packing import PackedCollator, labels_of, non_pad_fraction, pack
+    from ..data.packing import PackedCollator, labels_of, non_pad_fraction, pack, use_packed_attention
 
     spec, args = ctx.spec, ctx.spec.args
     size = args["max_seq_length"]
@@ -107,14 +108,19 @@ def _run_plain_trainer(ctx: StageContext, model, tokenizer, examples, eval_examp
                              f"cannot be kept apart; set `{spec.name}.packing=false`")
         train, held = pack(examples, size), pack(eval_examples, size) if eval_examples else None
         eager = getattr(model.config, "_attn_implementation", "sdpa") == "eager"
+        # per-sample causal attention where the model runs on transformers' attention interface (not on
+        # Gaudi, whose kernels take masks); a block-diagonal mask otherwise
+        segments = ctx.backend.device != "hpu" and use_packed_attention(model)
         import torch
 
         collator = PackedCollator(tokenizer.pad_token_id, pad_to=size if args["pad_to_max"] else None,
-                                  dtype=torch.float32 if eager else None)
+                                  mask="segments" if segments else "4d",
+                                  dtype=torch.float32 if eager and not segments else None)
         lengths = [len(e["input_ids"]) for e in examples]
         micro = args["per_device_train_batch_size"]
         extra["packing"] = {
             "samples": len(examples), "blocks": len(train),
+            "isolation": "per-sample causal attention" if segments else "block-diagonal mask",
             "non_pad_fraction_packed": round(non_pad_fraction([len(b["input_ids"]) for b in train], micro,
                                                               size if args["pad_to_max"] else None), 4),
             "non_pad_fraction_unpacked": round(non_pad_fraction(lengths, micro, size if args["pad_to_max"] else None), 4),

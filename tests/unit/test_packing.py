@@ -40,6 +40,31 @@ def _summed_loss(model, batch):
     return out.loss.item() * count
 
 
+@pytest.fixture
+def segment_attention(tiny_model):
+    from neuralchat_recipes.data.packing import use_packed_attention
+
+    assert use_packed_attention(tiny_model)
+    yield tiny_model
+    tiny_model.set_attn_implementation("sdpa")
+
+
+def test_per_sample_attention_gives_each_sample_its_own_loss(segment_attention):
+    import torch
+
+    examples = _examples([7, 19, 4, 30, 12, 9, 25, 16], seed=3)
+    batch = PackedCollator(pad_token_id=0, mask="segments")(pack(examples, 48))
+    assert "attention_mask" not in batch
+    alone = sum(_summed_loss(segment_attention, {"input_ids": torch.tensor([e["input_ids"]]),
+                                                 "labels": torch.tensor([labels_of(e)])}) for e in examples)
+    assert _summed_loss(segment_attention, batch) == pytest.approx(alone, rel=1e-4)
+    # and gradients flow through the per-sample spans
+    segment_attention.zero_grad()
+    segment_attention(**batch).loss.backward()
+    assert segment_attention.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    segment_attention.zero_grad()
+
+
 def test_packed_batch_loss_equals_the_sum_of_per_sample_losses(tiny_model):
     import torch
 
@@ -47,6 +72,7 @@ def test_packed_batch_loss_equals_the_sum_of_per_sample_losses(tiny_model):
     blocks = pack(examples, 48)
     assert len(blocks) < len(examples)  # several samples share a block
     batch = PackedCollator(pad_token_id=0)(blocks)
+    assert batch["attention_mask"].shape == (len(blocks), 1, 48, 48)
     packed = _summed_loss(tiny_model, batch)
     alone = sum(_summed_loss(tiny_model, {"input_ids": torch.tensor([e["input_ids"]]),
                                           "labels": torch.tensor([labels_of(e)])}) for e in examples)
@@ -91,7 +117,7 @@ def test_packing_raises_the_non_pad_fraction_on_a_slimorca_like_length_tail():
     unpacked = non_pad_fraction(lengths, 8)
     blocks = pack(_examples(lengths), 1024)
     packed = non_pad_fraction([len(b["input_ids"]) for b in blocks], 8)
-    collator = PackedCollator(pad_token_id=0, mask="position_ids")
+    collator = PackedCollator(pad_token_id=0, mask="segments")
     for start in range(0, len(blocks), 8):
         collator(blocks[start:start + 8])
     assert collator.fraction == pytest.approx(packed)
