@@ -116,7 +116,7 @@ def _dataset_identity(name: str, dataset) -> tuple[dict[str, Any], dict[str, Any
         info["resolved_path"] = str(path)
         info["sha256"] = file_sha256(path)
         # every setting that shapes the rows, but the file by its bytes rather than its name or place
-        return info, {**{k: v for k, v in info.items() if k not in ("name", "path", "resolved_path")}}
+        return info, {k: v for k, v in info.items() if k not in ("name", "path", "resolved_path")}
     return info, {k: v for k, v in info.items() if k != "name"}
 
 

@@ -83,12 +83,15 @@ class RecipeConfig(StrictModel):
         earlier = self.pipeline[: self.pipeline.index(name)]
         return next((n for n in reversed(earlier) if n in self.stages and produces(self.stages[n])), None)
 
+    def sft_before(self, name: str) -> str | None:
+        """The nearest SFT stage earlier in the pipeline (whose task and template an eval follows)."""
+        earlier = self.pipeline[: self.pipeline.index(name)] if name in self.pipeline else []
+        return next((n for n in reversed(earlier) if n in self.stages and self.stages[n].kind == "sft"), None)
+
     def resolve_eval(self, name: str) -> tuple[str | None, list[str], str | None]:
         """(harness, lm-eval tasks, nearest earlier SFT stage) of an eval stage; harness `task`
         becomes the default of that SFT stage's task (None when there is no SFT stage)."""
-        stage = self.stages[name]
-        earlier = self.pipeline[: self.pipeline.index(name)] if name in self.pipeline else []
-        sft = next((n for n in reversed(earlier) if n in self.stages and self.stages[n].kind == "sft"), None)
+        stage, sft = self.stages[name], self.sft_before(name)
         harness, tasks = stage.harness, stage.expanded_tasks
         if harness == "task":
             if sft is None:
@@ -99,11 +102,9 @@ class RecipeConfig(StrictModel):
 
     def template_for(self, name: str) -> str:
         """An eval / generate stage's prompt format: its own, else the nearest earlier SFT stage's."""
-        stage = self.stages[name]
+        stage, sft = self.stages[name], self.sft_before(name)
         if stage.template:
             return stage.template
-        earlier = self.pipeline[: self.pipeline.index(name)] if name in self.pipeline else []
-        sft = next((n for n in reversed(earlier) if n in self.stages and self.stages[n].kind == "sft"), None)
         return self.stages[sft].resolved_template if sft else "neural_chat"
 
     def _eval_rules(self, name: str, stage: Any) -> list[str]:
