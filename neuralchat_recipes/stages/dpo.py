@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import StageContext
-from .common import check_adapter_fits, deepspeed_file, load_model, load_tokenizer, log, model_source, train_and_save, training_kwargs, eval_kwargs
+from .common import check_adapter_fits, deepspeed_file, load_model, load_tokenizer, log, model_source, render_prompt, train_and_save, training_kwargs, eval_kwargs
 from .peft_config import build_peft_config
 
 
@@ -33,7 +33,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from datasets import Dataset
 
     from ..data.loading import load_splits
-    from ..data.templates import prompt_text
 
     spec, args = ctx.spec, ctx.spec.args
     source = model_source(spec.inputs[0])
@@ -41,7 +40,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     rows, held_out, data_source = load_splits(ctx.stage.dataset, "preference")
 
     def pairs(rows_):
-        prompts = [prompt_text(args["template"], r["prompt"], tokenizer.eos_token) for r in rows_]
+        prompts = [render_prompt(tokenizer, args["template"], r["prompt"]) for r in rows_]
         data = {"prompt": prompts, "chosen": [r["chosen"] for r in rows_], "rejected": [r["rejected"] for r in rows_]}
         if args["group_by_length"]:  # tokens of the longer sequence of each pair, for the length-grouped sampler
             n = {k: [len(ids) for ids in tokenizer(v, add_special_tokens=False)["input_ids"]] for k, v in data.items()}

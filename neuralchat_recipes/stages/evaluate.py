@@ -63,11 +63,9 @@ def _exact_match(model, tokenizer, rows, template: str, args) -> dict[str, float
 
 
 def _preference(model, tokenizer, pairs, template: str) -> dict[str, float]:
-    from ..data.templates import prompt_text
-
     wins, margin = 0, 0.0
     for pair in pairs:
-        prompt = prompt_text(template, pair["prompt"], tokenizer.eos_token)
+        prompt = render_prompt(tokenizer, template, pair["prompt"])
         chosen, _ = _answer_logprob(model, tokenizer, prompt, pair["chosen"])
         rejected, _ = _answer_logprob(model, tokenizer, prompt, pair["rejected"])
         wins += int(chosen > rejected)
