@@ -115,9 +115,14 @@ def _dataset_identity(name: str, dataset) -> tuple[dict[str, Any], dict[str, Any
             )
         info["resolved_path"] = str(path)
         info["sha256"] = file_sha256(path)
-        # every setting that shapes the rows, but the file by its bytes rather than its name or place
-        return info, {k: v for k, v in info.items() if k not in ("name", "path", "resolved_path")}
-    return info, {k: v for k, v in info.items() if k != "name"}
+    return info, data_identity(info)
+
+
+def data_identity(info: dict[str, Any]) -> dict[str, Any]:
+    """What decides a dataset entry's rows (from its plan info): every setting that shapes them;
+    a local file by its bytes (sha256) rather than its name or place."""
+    drop = ("name", "path", "resolved_path") if "sha256" in info else ("name",)
+    return {k: v for k, v in info.items() if k not in drop}
 
 
 def _directory_identity(key: str, directory: str) -> str:

@@ -79,12 +79,18 @@ def _stage_row(result: dict[str, Any]) -> str:
             f"{rate or '-'} | {'; '.join(key) or '-'} |")
 
 
+def scored_models(results: dict[str, dict[str, Any]]) -> tuple[list[str], set[str]]:
+    """(model labels, compared models first and "final" last; the numeric score keys)."""
+    order = [k for k in results if k != "final"] + (["final"] if "final" in results else [])
+    return order, {k for scores in results.values() for k, v in scores.items() if _num(v)}
+
+
 def _results_tables(result: dict[str, Any]) -> list[str]:
     results = result.get("metrics", {}).get("results")
     if not isinstance(results, dict) or not results:
         return []
-    columns = sorted({k for scores in results.values() for k, v in scores.items() if _num(v)})
-    order = [k for k in results if k != "final"] + (["final"] if "final" in results else [])
+    order, numeric = scored_models(results)
+    columns = sorted(numeric)
     lines = [f"**{result['name']}** ({result.get('metrics', {}).get('harness', 'eval')}):", "",
              "| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for label in order:

@@ -292,9 +292,10 @@ def _results_table(results: Any) -> list[str]:
     known = [("exact_match", "exact match", True), ("answer_loss", "answer loss", False),
              ("preference_accuracy", "prefers chosen", True), ("preference_margin", "log-prob margin", False)]
     hidden = {c[0] for c in known} | {"examples", "pairs", "answer_perplexity"}
-    present = {k for v in results.values() for k, x in v.items() if isinstance(x, (int, float))}
+    from .report import scored_models
+
+    order, present = scored_models(results)
     columns = [c for c in known if c[0] in present] + [(k, k, False) for k in sorted(present - hidden)]
-    order = [k for k in results if k != "final"] + (["final"] if "final" in results else [])
     rows = [f"{'':37}{'model':<10}" + "".join(f"{title:>17}" for _, title, _ in columns)]
     for label in order:
         rows.append(f"{'':37}{label:<10}" + "".join(f"{_fmt(results[label].get(key), pct):>17}" for key, _, pct in columns))

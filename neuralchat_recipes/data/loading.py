@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -74,18 +75,14 @@ def load_rows(dataset, use: str) -> tuple[list[dict[str, Any]], str]:
     if dataset.path:
         path = resolve_data_path(dataset.path)
         stamp = (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None
-    key = (dataset.model_dump_json(), use, stamp)
-    if key not in _LOADED:
-        while len(_LOADED) >= 8:
-            _LOADED.pop(next(iter(_LOADED)))
-        _LOADED[key] = _load_rows(dataset, use)
-    return _LOADED[key]
+    return _load_rows(dataset.model_dump_json(), use, stamp)
 
 
-_LOADED: dict[tuple, tuple[list[dict[str, Any]], str]] = {}
+@lru_cache(maxsize=8)
+def _load_rows(dataset_json: str, use: str, stamp) -> tuple[list[dict[str, Any]], str]:
+    from ..config.dataset import DatasetConfig
 
-
-def _load_rows(dataset, use: str) -> tuple[list[dict[str, Any]], str]:
+    dataset = DatasetConfig.model_validate_json(dataset_json)
     if dataset.path:
         path = resolve_data_path(dataset.path)
         if not path.is_file():

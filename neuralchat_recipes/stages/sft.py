@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import StageContext
-from .common import StageError, check_adapter_fits, deepspeed_file, load_model, load_tokenizer, log, model_source, train_and_save, training_kwargs, eval_kwargs
+from .common import StageError, check_adapter_fits, deepspeed_file, load_model, load_tokenizer, log, model_source, render_prompt, train_and_save, training_kwargs, eval_kwargs
 from .peft_config import build_peft_config
 
 # TRL's SFTTrainer computes the loss through a fused LM head patched onto the base model, which
@@ -74,10 +74,10 @@ def _tokenized(ctx: StageContext, tokenizer, rows, part: str) -> list[dict[str, 
     """Tokenize rows, or read them from the tokenized-data cache."""
     from .. import ENGINE_FINGERPRINT_VERSION
     from ..data.tokenize import tokenize_cached, tokenize_sft, tokenizer_identity
+    from ..plan import data_identity
 
     args = ctx.spec.args
-    dataset = {k: v for k, v in (ctx.spec.dataset or {}).items() if k not in ("name", "path", "resolved_path")}
-    key = {"engine": ENGINE_FINGERPRINT_VERSION, "part": part, "dataset": dataset, "rows": len(rows),
+    key = {"engine": ENGINE_FINGERPRINT_VERSION, "part": part, "dataset": data_identity(ctx.spec.dataset or {}), "rows": len(rows),
            "tokenizer": tokenizer_identity(tokenizer), "template": args["template"],
            **{k: args[k] for k in ("max_seq_length", "max_prompt_length", "loss_on")}}
     root = Path(ctx.recipe.output_root).expanduser() / "cache" / "tokenized"
@@ -162,8 +162,6 @@ def _run_seq2seq(ctx: StageContext, source: str, tokenizer, rows, held_out) -> d
     from datasets import Dataset
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
-    from ..data.templates import prompt_text
-
     spec, args = ctx.spec, ctx.spec.args
     max_prompt = args["max_prompt_length"] or args["max_seq_length"]
 
@@ -172,7 +170,7 @@ def _run_seq2seq(ctx: StageContext, source: str, tokenizer, rows, held_out) -> d
         for row in rows_:
             messages = row["messages"]
             last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-            prompt = prompt_text(args["template"], messages[:last], tokenizer.eos_token)
+            prompt = render_prompt(tokenizer, args["template"], messages[:last])
             enc = tokenizer(prompt, truncation=True, max_length=max_prompt)
             enc["labels"] = tokenizer(messages[last]["content"], truncation=True, max_length=args["max_seq_length"])["input_ids"]
             out.append(dict(enc))
