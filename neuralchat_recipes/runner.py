@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -183,15 +184,70 @@ def _execute(recipe: RecipeConfig, spec: StageSpec, staging: Path) -> dict[str, 
     if spec.launch["launcher"] == "inprocess":
         ctx = StageContext(recipe, spec, get_backend(recipe.hardware), staging / "checkpoints", final)
         return STAGES[spec.kind](ctx)
+    return launch_stage(spec, staging)
+
+
+STOP_GRACE_S = 10.0  # after a rank fails, how long the launcher gets to stop the others itself
+
+
+def _stop(proc: subprocess.Popen, grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM the launcher's process group (launchers pass it on to their ranks), SIGKILL after ``grace``."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        if proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(wait)
+
+
+def launch_stage(spec: StageSpec, staging: Path) -> dict[str, Any]:
+    """Run a multi-process stage under its launcher; fail fast, with the failing rank's error.
+
+    Ranks stream their own output (prefixed ``[rankN]`` by the worker). A rank that fails writes
+    ``failures/rank<N>.txt``; launchers normally stop the other ranks at once, and if one has not
+    exited ``STOP_GRACE_S`` later the runner stops it. Nothing is published unless every rank
+    succeeded: the stage's ``final/`` stays in staging and is cleared by the next run.
+    """
+    from .stages.common import StageError
+
+    failures = staging / "failures"
+    shutil.rmtree(failures, ignore_errors=True)
+    (staging / "result.json").unlink(missing_ok=True)
     env = {**os.environ, **spec.launch["env"]}
     log.info("[%s] launching: %s", spec.name, " ".join(spec.launch["command"]))
-    proc = subprocess.run(spec.launch["command"], env=env)
-    if proc.returncode != 0:
-        from .stages.common import StageError
-
-        raise StageError(f"stage {spec.name} failed under {spec.launch['launcher']} (exit {proc.returncode}); "
-                         f"its output is above. Checkpoints stay in {staging} and the next run resumes from them")
-    return json.loads((staging / "result.json").read_text())
+    proc = subprocess.Popen(spec.launch["command"], env=env, start_new_session=True)
+    failed_at = None
+    try:
+        while proc.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(0.2)
+            if failed_at is None and failures.is_dir() and any(failures.glob("rank*.txt")):
+                failed_at = time.monotonic()
+            if failed_at is not None and time.monotonic() - failed_at > STOP_GRACE_S:
+                log.info("[%s] a rank failed and %s has not stopped the others; stopping them", spec.name,
+                         spec.launch["launcher"])
+                _stop(proc)
+    finally:
+        _stop(proc)  # only acts if we leave early (Ctrl-C, an error here)
+    errors = sorted(failures.glob("rank*.txt"), key=lambda f: f.stat().st_mtime) if failures.is_dir() else []
+    if proc.returncode == 0 and not errors and (staging / "result.json").is_file():
+        return json.loads((staging / "result.json").read_text())
+    if errors:
+        first = errors[0].read_text().strip()
+        others = [f.stem for f in errors[1:]]
+        cause = first + (f" (then {', '.join(others)} failed too)" if others else "")
+        if re.search(r"(?i)connection (reset|closed)|broken pipe", first):
+            cause += (" - it lost a peer: another rank probably died without a Python error (killed, out of "
+                      f"memory?); {spec.launch['launcher']}'s report above has its exit code")
+    elif proc.returncode and proc.returncode < 0:
+        cause = f"{spec.launch['launcher']} was killed by signal {-proc.returncode}"
+    else:
+        cause = (f"a rank died without a Python error (killed, out of memory?); {spec.launch['launcher']} "
+                 f"exited with status {proc.returncode}")
+    raise StageError(f"stage {spec.name} failed under {spec.launch['launcher']}: {cause}. The ranks' output is "
+                     f"above, prefixed [rankN]. Nothing was published; checkpoints stay in {staging / 'checkpoints'} "
+                     "and the next run resumes from them")
 
 
 def run_stage(recipe: RecipeConfig, spec: StageSpec) -> dict[str, Any]:

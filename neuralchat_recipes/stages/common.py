@@ -185,6 +185,26 @@ def training_kwargs(args: dict[str, Any], output_dir: str, backend, config_cls, 
     return {k: v for k, v in kwargs.items() if k in fields}
 
 
+def training_config(ctx, config_cls, extra: dict[str, Any]):
+    """The stage's training arguments, built before the model is loaded.
+
+    Reading ``.device`` sets up the process group now, so that with ZeRO-3 ``from_pretrained``
+    creates the weights already sharded over every rank (deepspeed.zero.Init) instead of loading
+    the whole model in each process.
+    """
+    config = config_cls(**training_kwargs(ctx.spec.args, str(ctx.checkpoints), ctx.backend, config_cls, extra))
+    config.device  # noqa: B018 - initializes distributed state
+    if extra.get("deepspeed"):
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            import deepspeed
+
+            # on CPU accelerate sets up torch.distributed alone; zero.Init reads DeepSpeed's own comm state
+            deepspeed.init_distributed(dist_backend=dist.get_backend())
+    return config
+
+
 def eval_kwargs(args: dict[str, Any]) -> dict[str, Any]:
     """Training arguments for held-out evaluation (do_eval): periodic when eval_steps is set."""
     if not args["do_eval"]:
@@ -264,8 +284,8 @@ def train_and_save(ctx, trainer, tokenizer, summarize: tuple[str, ...] = ("loss"
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
     train_runtime = time.time() - t0
+    trainer.save_model(str(ctx.final))  # every rank: under ZeRO-3 saving gathers the sharded weights; rank 0 writes
     if trainer.is_world_process_zero():
-        trainer.save_model(str(ctx.final))
         tokenizer.save_pretrained(str(ctx.final))
     metrics: dict[str, Any] = {}
     if trainer.eval_dataset is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import StageContext
-from .common import check_adapter_fits, deepspeed_file, load_model, load_tokenizer, log, model_source, render_prompt, train_and_save, training_kwargs, eval_kwargs
+from .common import check_adapter_fits, deepspeed_file, load_model, load_tokenizer, log, model_source, render_prompt, train_and_save, training_config, eval_kwargs
 from .peft_config import build_peft_config
 
 
@@ -49,10 +49,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     dataset = pairs(rows)
     log.info("[%s] %d preference pairs from %s", spec.name, len(dataset), data_source)
-    model = load_model(spec, source, args["precision"])
-    check_adapter_fits(spec, model)
     trainer_cls, config_cls = ctx.backend.dpo_classes()
-    config = config_cls(**training_kwargs(args, str(ctx.checkpoints), ctx.backend, config_cls, dict(
+    config = training_config(ctx, config_cls, dict(
         beta=args["beta"],
         loss_type=args["loss_type"],
         label_smoothing=args["label_smoothing"],
@@ -63,7 +61,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         deepspeed=deepspeed_file(ctx),
         group_by_length=args["group_by_length"],
         **eval_kwargs(args),
-    )))
+    ))
+    model = load_model(spec, source, args["precision"])  # after the arguments: ZeRO-3 loads it sharded
+    check_adapter_fits(spec, model)
     trainer = with_prompt_limit(trainer_cls, args["max_prompt_length"])(
         model=model,
         ref_model=None,

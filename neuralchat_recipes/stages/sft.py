@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import StageContext
-from .common import StageError, check_adapter_fits, deepspeed_file, load_model, load_tokenizer, log, model_source, render_prompt, train_and_save, training_kwargs, eval_kwargs
+from .common import StageError, check_adapter_fits, deepspeed_file, load_model, load_tokenizer, log, model_source, render_prompt, train_and_save, training_config, eval_kwargs
 from .peft_config import build_peft_config
 
 # TRL's SFTTrainer computes the loss through a fused LM head patched onto the base model, which
@@ -41,14 +41,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
     eval_examples = _tokenized(ctx, tokenizer, held_out, "eval") if held_out else None
     log.info("[%s] %d training samples from %s (%d tokens)%s", spec.name, len(examples), data_source,
              sum(len(e["input_ids"]) for e in examples), f", {len(eval_examples)} held out" if eval_examples else "")
-    model = load_model(spec, source, args["precision"])
-    check_adapter_fits(spec, model)
     if args["packing"] or (spec.peft and spec.peft["method"] in PLAIN_TRAINER_METHODS):
-        return _run_plain_trainer(ctx, model, tokenizer, examples, eval_examples)
+        return _run_plain_trainer(ctx, source, tokenizer, examples, eval_examples)
     from datasets import Dataset
 
     trainer_cls, config_cls = ctx.backend.sft_classes()
-    config = config_cls(**training_kwargs(args, str(ctx.checkpoints), ctx.backend, config_cls, dict(
+    # training arguments first: with ZeRO-3 they make from_pretrained load the weights already sharded
+    config = training_config(ctx, config_cls, dict(
         max_length=args["max_seq_length"],
         packing=False,
         pad_to_multiple_of=args["max_seq_length"] if args["pad_to_max"] else None,
@@ -57,7 +56,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         deepspeed=deepspeed_file(ctx),
         include_num_input_tokens_seen="non_padding",
         **eval_kwargs(args),
-    )))
+    ))
+    model = load_model(spec, source, args["precision"])
+    check_adapter_fits(spec, model)
     trainer = trainer_cls(
         model=model,
         args=config,
@@ -91,13 +92,20 @@ def _tokenized(ctx: StageContext, tokenizer, rows, part: str) -> list[dict[str, 
     return examples
 
 
-def _run_plain_trainer(ctx: StageContext, model, tokenizer, examples, eval_examples) -> dict[str, Any]:
+def _run_plain_trainer(ctx: StageContext, source: str, tokenizer, examples, eval_examples) -> dict[str, Any]:
     from datasets import Dataset
     from transformers import DataCollatorForSeq2Seq
 
     from ..data.packing import PackedCollator, labels_of, non_pad_fraction, pack, use_packed_attention
 
     spec, args = ctx.spec, ctx.spec.args
+    trainer_cls, config_cls = ctx.backend.trainer_classes()
+    config = training_config(ctx, config_cls, dict(
+        group_by_length=args["group_by_length"] and not args["packing"], deepspeed=deepspeed_file(ctx),
+        # the packed path's 4D mask cannot be summed into a token count: count all, scale by the real share
+        include_num_input_tokens_seen="all" if args["packing"] else "non_padding", **eval_kwargs(args)))
+    model = load_model(spec, source, args["precision"])
+    check_adapter_fits(spec, model)
     size = args["max_seq_length"]
     extra: dict[str, Any] = {}
     if args["packing"]:
@@ -141,11 +149,6 @@ def _run_plain_trainer(ctx: StageContext, model, tokenizer, examples, eval_examp
         from peft import get_peft_model
 
         model = get_peft_model(model, peft_config)
-    trainer_cls, config_cls = ctx.backend.trainer_classes()
-    config = config_cls(**training_kwargs(args, str(ctx.checkpoints), ctx.backend, config_cls, dict(
-        group_by_length=args["group_by_length"] and not args["packing"], deepspeed=deepspeed_file(ctx),
-        # the packed path's 4D mask cannot be summed into a token count: count all, scale by the real share
-        include_num_input_tokens_seen="all" if args["packing"] else "non_padding", **eval_kwargs(args))))
     trainer = trainer_cls(model=model, args=config, train_dataset=Dataset.from_list(train),
                           eval_dataset=Dataset.from_list(held) if held else None, processing_class=tokenizer,
                           data_collator=collator, **ctx.backend.trainer_kwargs(args))
@@ -176,14 +179,13 @@ def _run_seq2seq(ctx: StageContext, source: str, tokenizer, rows, held_out) -> d
             out.append(dict(enc))
         return out
 
+    config = training_config(ctx, Seq2SeqTrainingArguments, dict(deepspeed=deepspeed_file(ctx), **eval_kwargs(args)))
     model = load_model(spec, source, args["precision"], causal=False)
     peft_config = build_peft_config(spec.peft, seq2seq=True)
     if peft_config is not None:
         from peft import get_peft_model
 
         model = get_peft_model(model, peft_config)
-    config = Seq2SeqTrainingArguments(**training_kwargs(args, str(ctx.checkpoints), ctx.backend, Seq2SeqTrainingArguments,
-                                                        dict(deepspeed=deepspeed_file(ctx), **eval_kwargs(args))))
     trainer = Seq2SeqTrainer(model=model, args=config, train_dataset=Dataset.from_list(encode(rows)),
                              eval_dataset=Dataset.from_list(encode(held_out)) if held_out else None,
                              data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), processing_class=tokenizer)
