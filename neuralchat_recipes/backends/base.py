@@ -50,6 +50,8 @@ class Backend:
 
     # ---- run time (heavy imports happen inside) -------------------------------------
     RUNTIME_ARG_KEYS = ("use_cpu", "ddp_backend")
+    sft_with_trl = True  # unpacked SFT through TRL's SFTTrainer (else the plain Trainer + our collator)
+    dpo_tokenizer_kwarg = "processing_class"  # how the DPO trainer takes the tokenizer
 
     def runtime_training_kwargs(self, args: dict[str, Any]) -> dict[str, Any]:
         """The backend's entries of the plan's args that go straight into the training arguments."""
@@ -122,14 +124,18 @@ class Backend:
             command += ["--module", WORKER_MODULE, *worker_args]
         elif launcher == "mpirun":
             command = ["mpirun", "-f", hw.hostfile or "hostfile", "-n", str(world), "-ppn", str(hw.devices_per_node)]
-            for key in ("OMP_NUM_THREADS", "CCL_WORKER_COUNT", "MASTER_ADDR"):
-                if key in env:
-                    command += ["-genv", f"{key}={env[key]}"]
+            # as ITREX's command: OMP_NUM_THREADS per rank with -genv; CCL_WORKER_COUNT and MASTER_ADDR
+            # are exported (the launch env) and MPI passes the environment on to every rank
+            if "OMP_NUM_THREADS" in env:
+                command += ["-genv", f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']}"]
             command += ["python", "-m", WORKER_MODULE, *worker_args]
         elif launcher == "gaudi_spawn":
-            mode = "--use_deepspeed" if zero_stage else "--use_mpi"
-            command = ["python", "-m", "neuralchat_recipes.backends.gaudi_spawn", "--world_size", str(world), mode,
-                       WORKER_SCRIPT, *worker_args]
+            spawn = hw.gaudi.spawn if hw.gaudi else "auto"
+            mode = "--use_deepspeed" if spawn == "deepspeed" or (spawn == "auto" and zero_stage) else "--use_mpi"
+            command = ["python", "-m", "neuralchat_recipes.backends.gaudi_spawn", "--world_size", str(world), mode]
+            if hw.hostfile:
+                command += ["--hostfile", hw.hostfile]
+            command += [WORKER_SCRIPT, *worker_args]
         else:  # pragma: no cover - the schema limits launchers
             raise ValueError(launcher)
         return {"launcher": launcher, "world_size": world, "command": command, "env": env}

@@ -42,6 +42,12 @@ class GaudiBackend(Backend):
         )
         return extras
 
+    # optimum-habana 1.21's TRL classes follow an older TRL: GaudiSFTTrainer re-collates pre-tokenized
+    # samples (losing the prompt mask), GaudiDPOTrainer takes `tokenizer=`. Checked against its source
+    # by tests/integration/test_optimum_habana_source.py.
+    sft_with_trl = False
+    dpo_tokenizer_kwarg = "tokenizer"
+
     RUNTIME_ARG_KEYS = (
         "ddp_backend", "use_habana", "use_lazy_mode", "use_hpu_graphs_for_training",
         "throughput_warmup_steps", "pipelining_fwd_bwd",
@@ -51,11 +57,6 @@ class GaudiBackend(Backend):
         from optimum.habana import GaudiTrainer, GaudiTrainingArguments
 
         return GaudiTrainer, GaudiTrainingArguments
-
-    def sft_classes(self):  # pragma: no cover - needs Habana's stack
-        from optimum.habana.trl import GaudiSFTConfig, GaudiSFTTrainer
-
-        return GaudiSFTTrainer, GaudiSFTConfig
 
     def dpo_classes(self):  # pragma: no cover - needs Habana's stack
         from optimum.habana.trl import GaudiDPOConfig, GaudiDPOTrainer

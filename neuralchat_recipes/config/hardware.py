@@ -17,6 +17,11 @@ class GaudiSettings(StrictModel):
     use_torch_autocast: bool = Field(default=True, description="GaudiConfig: bf16 through torch.autocast.")
     throughput_warmup_steps: int = Field(default=3, ge=0, description="Steps excluded from throughput measurement.")
     pipelining_fwd_bwd: bool = Field(default=False, description="Overlap forward and backward on HPU.")
+    spawn: Literal["auto", "deepspeed", "mpi"] = Field(
+        default="auto",
+        description="How gaudi_spawn starts the cards: `auto` = --use_deepspeed when the stage uses ZeRO, else --use_mpi; "
+        "`mpi` keeps ZeRO inside the ranks (optimum-habana's 'Option B').",
+    )
 
 
 class HardwareConfig(StrictModel):

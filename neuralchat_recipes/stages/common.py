@@ -138,10 +138,11 @@ def check_adapter_fits(spec, model) -> None:
         )
 
 
-def training_kwargs(args: dict[str, Any], output_dir: str, backend, config_cls, extra: dict[str, Any]) -> dict[str, Any]:
-    """TrainingArguments keyword arguments from the plan's resolved args, filtered to what config_cls takes."""
+def config_kwargs(args: dict[str, Any], output_dir: str, backend, fields: set[str],
+                  extra: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Training-argument keywords from the plan's resolved args for a config class with these
+    dataclass ``fields``: (what it takes, the names it does not know and that are left out)."""
     warm: dict[str, Any] = {}
-    fields = {f.name for f in dataclasses.fields(config_cls)}
     if args["warmup_steps"]:
         warm["warmup_steps"] = args["warmup_steps"]
     elif args["warmup_ratio"]:
@@ -180,9 +181,15 @@ def training_kwargs(args: dict[str, Any], output_dir: str, backend, config_cls, 
         kwargs["train_sampling_strategy" if "train_sampling_strategy" in fields else "group_by_length"] = (
             "group_by_length" if "train_sampling_strategy" in fields else True)
     dropped = sorted(k for k in kwargs if k not in fields)
+    return {k: v for k, v in kwargs.items() if k in fields}, dropped
+
+
+def training_kwargs(args: dict[str, Any], output_dir: str, backend, config_cls, extra: dict[str, Any]) -> dict[str, Any]:
+    """TrainingArguments keyword arguments from the plan's resolved args, filtered to what config_cls takes."""
+    kwargs, dropped = config_kwargs(args, output_dir, backend, {f.name for f in dataclasses.fields(config_cls)}, extra)
     if dropped:
         log.debug("training arguments not taken by %s: %s", config_cls.__name__, dropped)
-    return {k: v for k, v in kwargs.items() if k in fields}
+    return kwargs
 
 
 def training_config(ctx, config_cls, extra: dict[str, Any]):

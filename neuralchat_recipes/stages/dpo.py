@@ -50,18 +50,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     dataset = pairs(rows)
     log.info("[%s] %d preference pairs from %s", spec.name, len(dataset), data_source)
     trainer_cls, config_cls = ctx.backend.dpo_classes()
-    config = training_config(ctx, config_cls, dict(
-        beta=args["beta"],
-        loss_type=args["loss_type"],
-        label_smoothing=args["label_smoothing"],
-        max_length=args["max_length"],
-        max_prompt_length=args["max_prompt_length"],
-        pad_to_multiple_of=args["max_length"] if args["pad_to_max"] else None,
-        dataset_num_proc=None,
-        deepspeed=deepspeed_file(ctx),
-        group_by_length=args["group_by_length"],
-        **eval_kwargs(args),
-    ))
+    config = training_config(ctx, config_cls, dpo_config_extra(args, deepspeed_file(ctx)))
     model = load_model(spec, source, args["precision"])  # after the arguments: ZeRO-3 loads it sharded
     check_adapter_fits(spec, model)
     trainer = with_prompt_limit(trainer_cls, args["max_prompt_length"])(
@@ -70,8 +59,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         args=config,
         train_dataset=dataset,
         eval_dataset=pairs(held_out) if held_out and args["do_eval"] else None,
-        processing_class=tokenizer,
         peft_config=build_peft_config(spec.peft),
+        **{ctx.backend.dpo_tokenizer_kwarg: tokenizer},
         **ctx.backend.trainer_kwargs(args),
     )
     # with an adapter TRL keeps no second model: the reference is the policy with its adapter disabled
@@ -79,3 +68,19 @@ def run(ctx: StageContext) -> dict[str, Any]:
     log.info("[%s] reference model: %s", spec.name, reference)
     metrics = train_and_save(ctx, trainer, tokenizer, ("loss", "rewards/accuracies", "rewards/margins"))
     return {**metrics, "reference_model": reference}
+
+
+def dpo_config_extra(args: dict[str, Any], deepspeed: str | None) -> dict[str, Any]:
+    """DPOConfig keywords beyond the common training arguments."""
+    return dict(
+        beta=args["beta"],
+        loss_type=args["loss_type"],
+        label_smoothing=args["label_smoothing"],
+        max_length=args["max_length"],
+        max_prompt_length=args["max_prompt_length"],
+        pad_to_multiple_of=args["max_length"] if args["pad_to_max"] else None,
+        dataset_num_proc=None,
+        deepspeed=deepspeed,
+        group_by_length=args["group_by_length"],
+        **eval_kwargs(args),
+    )

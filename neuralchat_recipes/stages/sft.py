@@ -1,7 +1,9 @@
 """SFT: the dataset's rows rendered with the stage's template, prompt tokens masked from the loss.
 
 Three trainers, one per data layout:
-- unpacked samples: TRL's SFTTrainer (batches padded to their longest sample);
+- unpacked samples: TRL's SFTTrainer (batches padded to their longest sample); on Gaudi the
+  GaudiTrainer with our collator, since optimum-habana's GaudiSFTTrainer (older TRL API) would
+  re-collate pre-tokenized samples and lose the prompt masking;
 - packed samples (``packing``, ITREX --dataset_concatenation): the HF Trainer on blocks of whole
   samples, each attending only to itself (per-sample causal attention, or a block-diagonal mask on
   Gaudi; data/packing.py), since TRL's packing does not isolate samples with sdpa/eager attention;
@@ -41,22 +43,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
     eval_examples = _tokenized(ctx, tokenizer, held_out, "eval") if held_out else None
     log.info("[%s] %d training samples from %s (%d tokens)%s", spec.name, len(examples), data_source,
              sum(len(e["input_ids"]) for e in examples), f", {len(eval_examples)} held out" if eval_examples else "")
-    if args["packing"] or (spec.peft and spec.peft["method"] in PLAIN_TRAINER_METHODS):
+    if uses_plain_trainer(ctx.backend, args, spec.peft):
         return _run_plain_trainer(ctx, source, tokenizer, examples, eval_examples)
     from datasets import Dataset
 
     trainer_cls, config_cls = ctx.backend.sft_classes()
     # training arguments first: with ZeRO-3 they make from_pretrained load the weights already sharded
-    config = training_config(ctx, config_cls, dict(
-        max_length=args["max_seq_length"],
-        packing=False,
-        pad_to_multiple_of=args["max_seq_length"] if args["pad_to_max"] else None,
-        group_by_length=args["group_by_length"],
-        dataset_num_proc=None,
-        deepspeed=deepspeed_file(ctx),
-        include_num_input_tokens_seen="non_padding",
-        **eval_kwargs(args),
-    ))
+    config = training_config(ctx, config_cls, trl_config_extra(args, deepspeed_file(ctx)))
     model = load_model(spec, source, args["precision"])
     check_adapter_fits(spec, model)
     trainer = trainer_cls(
@@ -69,6 +62,34 @@ def run(ctx: StageContext) -> dict[str, Any]:
         **ctx.backend.trainer_kwargs(args),
     )
     return train_and_save(ctx, trainer, tokenizer)
+
+
+def uses_plain_trainer(backend, args: dict[str, Any], peft: dict[str, Any] | None) -> bool:
+    """Packed blocks, LLaMA-Adapter, and backends whose TRL takes no pre-tokenized samples use the HF
+    (or Gaudi) Trainer with our collators; the rest TRL's SFTTrainer."""
+    return args["packing"] or bool(peft and peft["method"] in PLAIN_TRAINER_METHODS) or not backend.sft_with_trl
+
+
+def trl_config_extra(args: dict[str, Any], deepspeed: str | None) -> dict[str, Any]:
+    """SFTConfig keywords beyond the common training arguments."""
+    return dict(
+        max_length=args["max_seq_length"],
+        packing=False,
+        pad_to_multiple_of=args["max_seq_length"] if args["pad_to_max"] else None,
+        group_by_length=args["group_by_length"],
+        dataset_num_proc=None,
+        deepspeed=deepspeed,
+        include_num_input_tokens_seen="non_padding",
+        **eval_kwargs(args),
+    )
+
+
+def plain_config_extra(args: dict[str, Any], deepspeed: str | None) -> dict[str, Any]:
+    """TrainingArguments keywords of the plain-Trainer path beyond the common ones."""
+    return dict(
+        group_by_length=args["group_by_length"] and not args["packing"], deepspeed=deepspeed,
+        # the packed path's 4D mask cannot be summed into a token count: count all, scale by the real share
+        include_num_input_tokens_seen="all" if args["packing"] else "non_padding", **eval_kwargs(args))
 
 
 def _tokenized(ctx: StageContext, tokenizer, rows, part: str) -> list[dict[str, list[int]]]:
@@ -100,10 +121,7 @@ def _run_plain_trainer(ctx: StageContext, source: str, tokenizer, examples, eval
 
     spec, args = ctx.spec, ctx.spec.args
     trainer_cls, config_cls = ctx.backend.trainer_classes()
-    config = training_config(ctx, config_cls, dict(
-        group_by_length=args["group_by_length"] and not args["packing"], deepspeed=deepspeed_file(ctx),
-        # the packed path's 4D mask cannot be summed into a token count: count all, scale by the real share
-        include_num_input_tokens_seen="all" if args["packing"] else "non_padding", **eval_kwargs(args)))
+    config = training_config(ctx, config_cls, plain_config_extra(args, deepspeed_file(ctx)))
     model = load_model(spec, source, args["precision"])
     check_adapter_fits(spec, model)
     size = args["max_seq_length"]

@@ -39,7 +39,8 @@ def test_xeon_ddp_is_mpirun_with_a_hostfile_and_ccl():
     spec = plan.stage("sft")
     cmd = spec.launch["command"]
     assert cmd[:8] == ["mpirun", "-f", "nodefile", "-n", "16", "-ppn", "4", "-genv"]
-    assert "OMP_NUM_THREADS=56" in cmd and "CCL_WORKER_COUNT=1" in cmd and "MASTER_ADDR=10.0.0.1" in cmd
+    assert cmd[:10] == ["mpirun", "-f", "nodefile", "-n", "16", "-ppn", "4", "-genv", "OMP_NUM_THREADS=56", "python"]
+    assert spec.launch["env"]["CCL_WORKER_COUNT"] == "1" and spec.launch["env"]["MASTER_ADDR"] == "10.0.0.1"
     assert spec.args["ddp_backend"] == "ccl" and spec.args["use_cpu"] is True and spec.args["bf16"] is True
     assert (spec.args["per_device_train_batch_size"], spec.args["gradient_accumulation_steps"]) == (4, 1)
     assert spec.model["trust_remote_code"] is True and spec.model["tokenizer"] == "EleutherAI/gpt-neox-20b"
