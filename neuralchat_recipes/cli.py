@@ -47,8 +47,22 @@ def execute(recipe: RecipeConfig, plan: Plan | None = None) -> Any:
 
 
 def _task(cfg) -> Any:
+    """One Hydra job. In a multirun it records its overrides and metrics for the sweep table."""
+    from .sweep import objective, record_job
+
     try:
-        return execute(build_recipe(to_plain(cfg)))
+        recipe = build_recipe(to_plain(cfg))
+        try:
+            result = execute(recipe)
+        except SystemExit as exc:
+            if exc.code:
+                record_job(None, error=f"exit {exc.code}")
+            raise
+        if recipe.mode == "run":
+            record_job(result)
+            if recipe.sweep_objective:
+                return objective(result, recipe.sweep_objective)
+        return result
     except ConfigError as exc:
         _fail(exc)
 

@@ -40,6 +40,10 @@ class RecipeConfig(StrictModel):
         default_factory=list,
         description="Where training stages also log (transformers' report_to); the run's report.md is always written.",
     )
+    sweep_objective: str | None = Field(
+        default=None, description="For search sweepers (Optuna): the job's metric they optimize, a sweep-table column "
+        "such as `eval.exact_match` or `sft.last_loss`; the job returns its value."
+    )
     hub_token_env: str = Field(
         default="HF_TOKEN", description="Environment variable holding the hub token for gated models and datasets; its value is "
         "passed to the hub libraries as HF_TOKEN and never written to manifests or run records."

@@ -1,0 +1,177 @@
+"""Sweep tables: what each job of a Hydra multirun changed and what it measured.
+
+Every job (in whichever process the Hydra launcher runs it: basic, joblib, submitit) writes
+``<sweep dir>/jobs/<num>.json`` with its overrides and final metrics; at the end of the multirun
+the ``SweepTable`` callback (hydra.callbacks in recipes/config.yaml) gathers them into
+``sweep.csv`` and ``sweep.md`` in the sweep directory, plus ``sweep.png`` (each metric against
+the swept key) when a single numeric key was swept.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover - hydra is a dependency; keeps this module importable alone
+    Callback = object  # type: ignore[assignment,misc]
+
+EVAL_KEYS = ("exact_match", "answer_loss", "preference_accuracy", "preference_margin")
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def final_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """A run summary as flat columns: each training stage's last loss (and DPO reward accuracy /
+    margin), each evaluation's scores of the model it evaluates, and the final model."""
+    from .report import scored_models
+
+    row: dict[str, Any] = {}
+    for s in summary.get("stages", []):
+        name = s["name"]
+        if _num(s.get("last_loss")):
+            row[f"{name}.last_loss"] = s["last_loss"]
+        for key, col in (("last_rewards/accuracies", "reward_accuracy"), ("last_rewards/margins", "reward_margin")):
+            if _num(s.get(key)):
+                row[f"{name}.{col}"] = s[key]
+        results = s.get("results")
+        if isinstance(results, dict) and results and all(isinstance(v, dict) for v in results.values()):
+            order, _ = scored_models(results)
+            evaluated = results[order[-1]]  # the stage's own input model (compared models come first)
+            for key, value in sorted(evaluated.items()):
+                if _num(value) and key not in ("examples", "pairs"):
+                    row[f"{name}.{key}"] = value
+    row["final_model"] = summary.get("final_model")
+    row["run_dir"] = summary.get("run_dir")
+    return row
+
+
+def record_job(summary: dict[str, Any] | None, error: str | None = None) -> Path | None:
+    """In a multirun job: write this job's overrides and metrics for the sweep table."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except (ImportError, ValueError):
+        return None
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    jobs = Path(hc.sweep.dir) / "jobs"
+    jobs.mkdir(parents=True, exist_ok=True)
+    record = {"job": int(hc.job.num), "overrides": list(hc.overrides.task),
+              "status": "failed" if error else "ok", "error": error,
+              "stages_ran": sum(s["status"] == "ran" for s in (summary or {}).get("stages", [])),
+              "stages_cached": sum(s["status"] == "cached" for s in (summary or {}).get("stages", [])),
+              "metrics": final_metrics(summary) if summary else {}}
+    path = jobs / f"{record['job']}.json"
+    path.write_text(json.dumps(record, indent=2, default=str))
+    return path
+
+
+def _split(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if _num(v):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def write_table(sweep_dir: Path) -> dict[str, Path]:
+    """sweep.csv and sweep.md (and sweep.png for one numeric swept key) from the jobs' records."""
+    records = sorted((json.loads(p.read_text()) for p in (sweep_dir / "jobs").glob("*.json")), key=lambda r: r["job"])
+    if not records:
+        return {}
+    override_keys: list[str] = []
+    for r in records:
+        for key, _ in map(_split, r["overrides"]):
+            if key not in override_keys:
+                override_keys.append(key)
+    values = [{k: v for k, v in map(_split, r["overrides"])} for r in records]
+    swept = [k for k in override_keys if len({v.get(k) for v in values}) > 1]
+    metric_keys: list[str] = []
+    for r in records:
+        metric_keys += [k for k in r["metrics"] if k not in metric_keys and k not in ("final_model", "run_dir")]
+    columns = ["job", *override_keys, "status", "stages_ran", "stages_cached", *metric_keys, "final_model", "run_dir"]
+    rows = [{"job": r["job"], **v, "status": r["status"] if not r.get("error") else f"failed: {r['error']}",
+             "stages_ran": r["stages_ran"], "stages_cached": r["stages_cached"], **r["metrics"]}
+            for r, v in zip(records, values)]
+    out = {"csv": sweep_dir / "sweep.csv", "md": sweep_dir / "sweep.md"}
+    with out["csv"].open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows([{c: row.get(c) for c in columns} for row in rows])
+    shown = ["job", *swept, "status", "stages_ran", "stages_cached", *metric_keys]
+    lines = [f"# Sweep: {', '.join(swept) or 'one point'}", "",
+             f"{len(records)} jobs. Overrides common to every job: "
+             + (", ".join(f"`{k}={values[0][k]}`" for k in override_keys if k not in swept) or "none") + ".", "",
+             "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join(_fmt(row.get(c)) for c in shown) + " |" for row in rows]
+    lines += ["", "Full rows (every override, final model, run record): `sweep.csv`."]
+    if len(swept) == 1 and _plot(sweep_dir / "sweep.png", swept[0], rows, metric_keys):
+        out["png"] = sweep_dir / "sweep.png"
+        lines += ["", f"![{swept[0]} against the final metrics](sweep.png)"]
+    out["md"].write_text("\n".join(lines) + "\n")
+    return out
+
+
+def _plot(path: Path, key: str, rows: list[dict[str, Any]], metric_keys: list[str]) -> bool:
+    try:
+        xs = [float(row[key]) for row in rows]
+    except (TypeError, ValueError, KeyError):
+        return False  # a categorical key: the table says it all
+    metrics = [m for m in metric_keys if all(_num(row.get(m)) for row in rows)][:6]
+    if not metrics:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = sorted(range(len(xs)), key=xs.__getitem__)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        ax.plot([xs[i] for i in order], [rows[i][metric] for i in order], "o-")
+        ax.set_xlabel(key)
+        ax.set_ylabel(metric)
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(f"sweep over {key}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def objective(summary: dict[str, Any], metric: str) -> float:
+    """The value an Optuna sweep optimizes: one column of the job's metrics (e.g. eval.exact_match)."""
+    row = final_metrics(summary)
+    if not _num(row.get(metric)):
+        from .config import ConfigError
+
+        raise ConfigError([f"`sweep_objective` = {metric!r}: this run measured no such metric; "
+                           f"choose one of {sorted(k for k, v in row.items() if _num(v))}"])
+    return float(row[metric])
+
+
+class SweepTable(Callback):
+    """Hydra callback: write the sweep table when a multirun ends."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        try:
+            sweep_dir = Path(config.hydra.sweep.dir)
+        except Exception:  # noqa: BLE001 - never fail the user's sweep over its table
+            return
+        out = write_table(sweep_dir)
+        if out:
+            print(f"sweep table: {out['md']} (and {out['csv'].name})")
