@@ -10,7 +10,8 @@ import yaml
 from neuralchat_recipes.compose import config_dir
 from neuralchat_recipes.schema import main as schema_main, schema_dir
 
-YAMLS = sorted(p for p in config_dir().rglob("*.yaml") if p.name != "config.yaml")
+# recipes/hydra holds Hydra plugin configs (launchers, sweepers): their schema is the plugin's, not ours
+YAMLS = sorted(p for p in config_dir().rglob("*.yaml") if p.name != "config.yaml" and p.relative_to(config_dir()).parts[0] != "hydra")
 
 
 def test_schemas_are_not_stale():
