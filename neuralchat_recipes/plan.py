@@ -254,7 +254,8 @@ def _training_args(stage, hw, backend, precision: str, world: int, zero_stage: i
         template=stage.resolved_template,
         do_eval=stage.do_eval,
         eval_steps=stage.eval_steps,
-        deepspeed=build_ds_config(stage.deepspeed, stage, precision) if zero_stage else None,
+        deepspeed=(None if not zero_stage else stage.deepspeed.user_config() if stage.deepspeed.config_file
+                   else build_ds_config(stage.deepspeed, stage, precision)),
     )
     if stage.kind == "sft":
         args.update(task=stage.task, default_eval=stage.default_eval, max_seq_length=stage.max_seq_length,
@@ -332,6 +333,8 @@ def build_plan(recipe: RecipeConfig) -> Plan:
                 continue
             args.update(_training_args(stage, hw, backend, precision, world, zero_stage, notes))
             args["report_to"] = list(recipe.report_to)
+            if args["deepspeed"] and stage.deepspeed.config_file:
+                fp_payload["deepspeed_file"] = args["deepspeed"]  # the user's JSON by content, not by path
             peft_info = _peft_info(stage, recipe.model)
         else:
             args.update({k: v for k, v in stage.model_dump(mode="json").items()

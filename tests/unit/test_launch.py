@@ -85,3 +85,26 @@ def test_arc_gpu_matches_the_itrex_command():
                     "sft.micro_batch_size=2").stage("sft")
     assert spec.args["gradient_checkpointing"] is True and spec.args["precision"] == "fp32"
     assert (spec.args["per_device_train_batch_size"], spec.args["gradient_accumulation_steps"]) == (2, 4)
+
+
+def test_a_user_deepspeed_json_is_used_as_is_and_must_agree_with_zero_stage(tmp_path):
+    import json
+
+    import pytest
+
+    from neuralchat_recipes.config import ConfigError
+
+    mine = {"train_batch_size": "auto", "zero_optimization": {"stage": 3, "sub_group_size": 1e9}}
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(mine))
+    sft = plan_for("recipe=stack_llama2_70b", "hardware=gaudi2_8x", f"sft.deepspeed.config_file={path}").stage("sft")
+    assert sft.args["deepspeed"] == mine and "--use_deepspeed" in sft.launch["command"]
+    default = plan_for("recipe=stack_llama2_70b", "hardware=gaudi2_8x").stage("sft")
+    assert sft.fingerprint != default.fingerprint
+    path.write_text(json.dumps({**mine, "zero_optimization": {"stage": 3, "sub_group_size": 5e8}}))
+    edited = plan_for("recipe=stack_llama2_70b", "hardware=gaudi2_8x", f"sft.deepspeed.config_file={path}").stage("sft")
+    assert edited.fingerprint != sft.fingerprint  # the file's content is part of the stage's identity
+    with pytest.raises(ConfigError, match=r"sft.deepspeed.*zero_optimization.stage 3, but zero_stage is 2"):
+        plan_for("recipe=stack_llama2_70b", "hardware=gaudi2_8x", f"sft.deepspeed.config_file={path}", "sft.deepspeed.zero_stage=2")
+    with pytest.raises(ConfigError, match="cannot read it"):
+        plan_for("recipe=stack_llama2_70b", "hardware=gaudi2_8x", f"sft.deepspeed.config_file={tmp_path / 'no.json'}")
