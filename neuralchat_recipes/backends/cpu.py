@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from functools import lru_cache
 from typing import Any
 
@@ -46,3 +48,12 @@ class CpuBackend(Backend):
         if self.hw.num_nodes > 1:
             env["MASTER_ADDR"] = self.hw.master_addr or "<node0 address: set hardware.master_addr>"
         return env
+
+    def runtime_training_kwargs(self, args: dict[str, Any]) -> dict[str, Any]:
+        kwargs = super().runtime_training_kwargs(args)
+        if kwargs.get("ddp_backend") == "ccl" and importlib.util.find_spec("oneccl_bindings_for_pytorch") is None:
+            logging.getLogger("neuralchat_recipes").warning(
+                "ddp_backend ccl: oneccl_bindings_for_pytorch is not installed here, using gloo (slower on Xeon); "
+                "install Intel's oneCCL bindings (docker/Dockerfile.xeon has them) for oneCCL")
+            kwargs["ddp_backend"] = "gloo"
+        return kwargs

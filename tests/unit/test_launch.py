@@ -108,3 +108,20 @@ def test_a_user_deepspeed_json_is_used_as_is_and_must_agree_with_zero_stage(tmp_
         plan_for("recipe=stack_llama2_70b", "hardware=gaudi2_8x", f"sft.deepspeed.config_file={path}", "sft.deepspeed.zero_stage=2")
     with pytest.raises(ConfigError, match="cannot read it"):
         plan_for("recipe=stack_llama2_70b", "hardware=gaudi2_8x", f"sft.deepspeed.config_file={tmp_path / 'no.json'}")
+
+
+def test_xeon_ccl_falls_back_to_gloo_without_the_oneccl_bindings(monkeypatch):
+    import importlib.util
+
+    from neuralchat_recipes.backends import get_backend
+    from tests.conftest import compose_recipe
+
+    recipe = compose_recipe("recipe=instruct", "hardware=xeon_spr_ddp", "model=mpt_7b", "sft.global_batch_size=64",
+                            "hardware.master_addr=10.0.0.1")
+    backend = get_backend(recipe.hardware)
+    args = {"ddp_backend": "ccl", "use_cpu": True}
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "oneccl_bindings_for_pytorch" else real(name, *a))
+    assert backend.runtime_training_kwargs(args) == {"use_cpu": True, "ddp_backend": "gloo"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert backend.runtime_training_kwargs(args)["ddp_backend"] == "ccl"
