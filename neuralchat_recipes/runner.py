@@ -201,6 +201,21 @@ def _stop(proc: subprocess.Popen, grace: float = STOP_GRACE_S) -> None:
             proc.wait(wait)
 
 
+def launch_command(spec: StageSpec, env: dict[str, str]) -> list[str]:
+    """The plan's command for this machine: `python` is this interpreter, `$VARS` (per-node values of
+    multi-node launches, such as NODE_RANK) come from the environment and must be set."""
+    from .stages.common import StageError
+
+    variables = re.compile(r"\$\{?(\w+)\}?")
+    missing = [v for arg in spec.launch["command"] for v in variables.findall(arg) if v not in env]
+    if missing:
+        raise StageError(f"stage {spec.name}: the {spec.launch['launcher']} command needs {', '.join(missing)} in the "
+                         "environment on each node (e.g. NODE_RANK=0 on the master node, 1.. on the others); "
+                         "set it and run again")
+    return [sys.executable if arg == "python" else variables.sub(lambda m: env[m.group(1)], arg)
+            for arg in spec.launch["command"]]
+
+
 def launch_stage(spec: StageSpec, staging: Path) -> dict[str, Any]:
     """Run a multi-process stage under its launcher; fail fast, with the failing rank's error.
 
@@ -215,8 +230,9 @@ def launch_stage(spec: StageSpec, staging: Path) -> dict[str, Any]:
     shutil.rmtree(failures, ignore_errors=True)
     (staging / "result.json").unlink(missing_ok=True)
     env = {**os.environ, **spec.launch["env"]}
-    log.info("[%s] launching: %s", spec.name, " ".join(spec.launch["command"]))
-    proc = subprocess.Popen(spec.launch["command"], env=env, start_new_session=True)
+    command = launch_command(spec, env)
+    log.info("[%s] launching: %s", spec.name, " ".join(command))
+    proc = subprocess.Popen(command, env=env, start_new_session=True)
     failed_at = None
     try:
         while proc.poll() is None:

@@ -113,8 +113,8 @@ class Backend:
         elif launcher == "torchrun":
             command = ["torchrun", "--nnodes", str(hw.num_nodes), "--nproc_per_node", str(hw.devices_per_node),
                        "--master_port", str(hw.master_port)]
-            if hw.num_nodes > 1:
-                command += ["--master_addr", hw.master_addr or "$MASTER_ADDR"]
+            if hw.num_nodes > 1:  # the same command on every node; each sets NODE_RANK (0 on the master)
+                command += ["--node_rank", "$NODE_RANK", "--master_addr", hw.master_addr or "$MASTER_ADDR"]
             command += ["-m", WORKER_MODULE, *worker_args]
         elif launcher == "deepspeed":
             command = ["deepspeed", "--num_nodes", str(hw.num_nodes), "--num_gpus", str(hw.devices_per_node),

@@ -45,8 +45,11 @@ class CpuBackend(Backend):
         env = super().env(stage, zero_stage, model)
         if self.hw.ccl_worker_count:
             env["CCL_WORKER_COUNT"] = str(self.hw.ccl_worker_count)
-        if self.hw.num_nodes > 1:
-            env["MASTER_ADDR"] = self.hw.master_addr or "<node0 address: set hardware.master_addr>"
+        if self.hw.num_nodes > 1 or self.hw.launcher == "mpirun":
+            # MPI starts the ranks but torch.distributed still meets at rank 0's address (env:// rendezvous)
+            local = "127.0.0.1" if self.hw.num_nodes == 1 else "<node0 address: set hardware.master_addr>"
+            env["MASTER_ADDR"] = self.hw.master_addr or local
+            env["MASTER_PORT"] = str(self.hw.master_port)
         return env
 
     def runtime_training_kwargs(self, args: dict[str, Any]) -> dict[str, Any]:

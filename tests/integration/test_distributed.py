@@ -27,13 +27,35 @@ def _losses(manifest: dict) -> dict[int, float]:
     return {h["step"]: h["loss"] for h in manifest["metrics"]["history"] if "loss" in h}
 
 
-def test_two_processes_follow_the_loss_curve_of_one_with_the_same_global_batch(tmp_path):
+def _has_mpirun() -> bool:
+    import shutil
+
+    return shutil.which("mpirun", path=_env()["PATH"]) is not None
+
+
+MPIRUN = ("hardware.devices_per_node=2", "hardware.launcher=mpirun", "hardware.ddp_backend=gloo")
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "mpirun"])
+def test_two_processes_follow_the_loss_curve_of_one_with_the_same_global_batch(tmp_path, launcher):
+    if launcher == "mpirun" and not _has_mpirun():
+        pytest.skip("no mpirun on PATH (pip install mpich, part of the dev extra on Linux x86-64)")
     common = ("recipe=tiny", "pipeline=[sft]", "sft.max_steps=30", "sft.logging_steps=5")
     one = run_cli(*common, f"output_root={tmp_path / 'one'}")
-    two = run_cli(*common, f"output_root={tmp_path / 'two'}", *TWO_RANKS, "hardware.master_port=29533", env=_env())
+    if launcher == "torchrun":
+        ranks = (*TWO_RANKS, "hardware.master_port=29533")
+    else:  # ITREX's Xeon launch (mpirun -f nodefile -n N -ppn P -genv OMP_NUM_THREADS=...), one node, gloo
+        (tmp_path / "nodefile").write_text("localhost\n")
+        ranks = (*MPIRUN, f"hardware.hostfile={tmp_path / 'nodefile'}", "hardware.omp_num_threads=1",
+                 "hardware.master_port=29537")
+    two = run_cli(*common, f"output_root={tmp_path / 'two'}", *ranks, env=_env())
     assert one.returncode == 0, one.stderr[-3000:]
     assert two.returncode == 0, two.stderr[-3000:]
-    assert "launching: torchrun --nnodes 1 --nproc_per_node 2" in two.stderr
+    if launcher == "torchrun":
+        assert "launching: torchrun --nnodes 1 --nproc_per_node 2" in two.stderr
+    else:
+        assert (f"launching: mpirun -f {tmp_path / 'nodefile'} -n 2 -ppn 2 -genv OMP_NUM_THREADS=1 {sys.executable} "
+                "-m neuralchat_recipes.worker") in two.stderr
     assert two.stderr.count("training samples from") == 1  # only rank 0 reports progress
     assert "[rank0] " in two.stderr and "[rank1] " in two.stderr  # every rank's output, prefixed
     m1, m2 = _manifest(tmp_path / "one", "sft"), _manifest(tmp_path / "two", "sft")
@@ -53,7 +75,7 @@ def test_two_processes_follow_the_loss_curve_of_one_with_the_same_global_batch(t
 # once the process group is up, it waits a second into training and then fails on purpose.
 CRASH_SITE = '''
 import os, signal, sys, threading, time
-if os.environ.get("RANK") == "1" and os.environ.get("NCR_TEST_CRASH"):
+if (os.environ.get("RANK") or os.environ.get("PMI_RANK")) == "1" and os.environ.get("NCR_TEST_CRASH"):
     def _fail(*_):
         raise RuntimeError("injected failure on rank 1")
     signal.signal(signal.SIGUSR1, _fail)
@@ -72,8 +94,10 @@ if os.environ.get("RANK") == "1" and os.environ.get("NCR_TEST_CRASH"):
 '''
 
 
-@pytest.mark.parametrize("how", ["exception", "killed"])
-def test_a_crashing_rank_fails_the_stage_within_seconds_and_publishes_nothing(tmp_path, how):
+@pytest.mark.parametrize("how, launcher", [("exception", "torchrun"), ("killed", "torchrun"), ("exception", "mpirun")])
+def test_a_crashing_rank_fails_the_stage_within_seconds_and_publishes_nothing(tmp_path, how, launcher):
+    if launcher == "mpirun" and not _has_mpirun():
+        pytest.skip("no mpirun on PATH (pip install mpich, part of the dev extra on Linux x86-64)")
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(CRASH_SITE)
@@ -81,13 +105,18 @@ def test_a_crashing_rank_fails_the_stage_within_seconds_and_publishes_nothing(tm
     out = tmp_path / "out"
     env = _env(PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
                NCR_TEST_CRASH=how, NCR_TEST_CRASH_STAMP=str(stamp))
+    if launcher == "torchrun":
+        ranks = (*TWO_RANKS, f"hardware.master_port={29551 if how == 'exception' else 29553}")
+    else:
+        (tmp_path / "nodefile").write_text("localhost\n")
+        ranks = (*MPIRUN, f"hardware.hostfile={tmp_path / 'nodefile'}", "hardware.master_port=29557")
     proc = run_cli("recipe=tiny", "pipeline=[sft]", "sft.max_steps=3000", "sft.save_steps=1000000", f"output_root={out}",
-                   *TWO_RANKS, f"hardware.master_port={29551 if how == 'exception' else 29553}", env=env, timeout=600)
+                   *ranks, env=env, timeout=600)
     ended = time.time()
     assert stamp.is_file(), proc.stderr[-3000:]  # the crash happened (during training)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert ended - float(stamp.read_text()) < 30, "the stage did not fail promptly after the rank crashed"
-    assert "error: stage sft failed under torchrun" in proc.stderr
+    assert f"error: stage sft failed under {launcher}" in proc.stderr
     if how == "exception":
         assert "rank 1: RuntimeError: injected failure on rank 1" in proc.stderr
         assert "[rank1] RuntimeError: injected failure on rank 1" in proc.stderr  # its traceback, prefixed

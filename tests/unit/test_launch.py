@@ -125,3 +125,23 @@ def test_xeon_ccl_falls_back_to_gloo_without_the_oneccl_bindings(monkeypatch):
     assert backend.runtime_training_kwargs(args) == {"use_cpu": True, "ddp_backend": "gloo"}
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
     assert backend.runtime_training_kwargs(args)["ddp_backend"] == "ccl"
+
+
+def test_multi_node_torchrun_takes_node_rank_and_master_from_each_nodes_environment():
+    import sys
+
+    import pytest
+
+    from neuralchat_recipes.runner import launch_command
+    from neuralchat_recipes.stages.common import StageError
+
+    spec = plan_for("recipe=instruct", "hardware=gpu_8x", "hardware.num_nodes=2", "sft.global_batch_size=64").stage("sft")
+    cmd = spec.launch["command"]
+    assert cmd[cmd.index("--node_rank") + 1] == "$NODE_RANK" and cmd[cmd.index("--master_addr") + 1] == "$MASTER_ADDR"
+    with pytest.raises(StageError, match="NODE_RANK, MASTER_ADDR in the environment"):
+        launch_command(spec, {})
+    ready = launch_command(spec, {"NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1"})
+    assert ready[ready.index("--node_rank") + 1] == "1" and ready[ready.index("--master_addr") + 1] == "10.0.0.1"
+    mpi = plan_for("recipe=instruct", "hardware=xeon_spr_ddp", "model=mpt_7b", "sft.global_batch_size=64",
+                   "hardware.master_addr=10.0.0.1").stage("sft")
+    assert sys.executable in launch_command(mpi, {})  # the plan's `python` is this interpreter
