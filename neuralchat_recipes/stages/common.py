@@ -6,6 +6,7 @@ spec from the plan and the backend; nothing here asks which device it is on.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -210,6 +211,55 @@ def training_config(ctx, config_cls, extra: dict[str, Any]):
             # on CPU accelerate sets up torch.distributed alone; zero.Init reads DeepSpeed's own comm state
             deepspeed.init_distributed(dist_backend=dist.get_backend())
     return config
+
+
+@contextlib.contextmanager
+def completion_only_lm_head(device: str):
+    """Let TRL's fused LM head score only the positions that have a label, on CPU too.
+
+    TRL (1.16) projects only labelled positions through the LM head on Triton devices; elsewhere
+    it scores every position, prompt and padding included, to keep tile shapes fixed for graph
+    compilers. On CPU shapes change from batch to batch anyway, so the compact path gives the same
+    log-probs for less work (the prompt's share of the LM head). No-op elsewhere or if TRL changes.
+    """
+    try:
+        from trl.trainer import utils as trl_utils
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    original = getattr(trl_utils, "_use_triton", None)
+    if device != "cpu" or not callable(original):
+        yield
+        return
+    trl_utils._use_triton = lambda d: d.type == "cpu" or original(d)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
+def use_fused_lm_head(model) -> bool:
+    """Make ``model(..., labels=...)`` compute its loss through TRL's fused LM head: per-token
+    log-probs in tiles instead of the [batch, length, vocab] logits, and (with
+    completion_only_lm_head) only at labelled positions. Forwards without labels (generation) are
+    unchanged. Returns False, changing nothing, when this TRL has no fused head."""
+    import functools
+
+    try:
+        from trl.trainer.utils import add_fused_lm_head
+    except ImportError:  # pragma: no cover
+        return False
+    add_fused_lm_head(model)
+    fused = model.forward
+
+    @functools.wraps(fused)
+    def forward(*args, labels=None, **kwargs):
+        if labels is not None:
+            kwargs.setdefault("fused_lm_head", True)
+        return fused(*args, labels=labels, **kwargs)
+
+    model.forward = forward
+    return True
 
 
 def eval_kwargs(args: dict[str, Any]) -> dict[str, Any]:

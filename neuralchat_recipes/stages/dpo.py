@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import StageContext
-from .common import check_adapter_fits, deepspeed_file, load_model, load_tokenizer, log, model_source, render_prompt, train_and_save, training_config, eval_kwargs
+from .common import check_adapter_fits, completion_only_lm_head, deepspeed_file, load_model, load_tokenizer, log, model_source, render_prompt, train_and_save, training_config, eval_kwargs
 from .peft_config import build_peft_config
 
 
@@ -66,7 +66,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     # with an adapter TRL keeps no second model: the reference is the policy with its adapter disabled
     reference = "policy with adapter disabled" if trainer.ref_model is None else "separate frozen copy"
     log.info("[%s] reference model: %s", spec.name, reference)
-    metrics = train_and_save(ctx, trainer, tokenizer, ("loss", "rewards/accuracies", "rewards/margins"))
+    with completion_only_lm_head(ctx.backend.device):
+        metrics = train_and_save(ctx, trainer, tokenizer, ("loss", "rewards/accuracies", "rewards/margins"))
     return {**metrics, "reference_model": reference}
 
 
