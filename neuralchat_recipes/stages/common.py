@@ -238,30 +238,6 @@ def completion_only_lm_head(device: str):
         trl_utils._use_triton = original
 
 
-def use_fused_lm_head(model) -> bool:
-    """Make ``model(..., labels=...)`` compute its loss through TRL's fused LM head: per-token
-    log-probs in tiles instead of the [batch, length, vocab] logits, and (with
-    completion_only_lm_head) only at labelled positions. Forwards without labels (generation) are
-    unchanged. Returns False, changing nothing, when this TRL has no fused head."""
-    import functools
-
-    try:
-        from trl.trainer.utils import add_fused_lm_head
-    except ImportError:  # pragma: no cover
-        return False
-    add_fused_lm_head(model)
-    fused = model.forward
-
-    @functools.wraps(fused)
-    def forward(*args, labels=None, **kwargs):
-        if labels is not None:
-            kwargs.setdefault("fused_lm_head", True)
-        return fused(*args, labels=labels, **kwargs)
-
-    model.forward = forward
-    return True
-
-
 def eval_kwargs(args: dict[str, Any]) -> dict[str, Any]:
     """Training arguments for held-out evaluation (do_eval): periodic when eval_steps is set."""
     if not args["do_eval"]:

@@ -161,30 +161,3 @@ def test_tokenizer_identity_follows_chat_template_and_vocabulary():
     tok.add_tokens(["brandnewword"])
     assert tokenizer_identity(tok) != first
 
-
-def test_fused_lm_head_on_packed_blocks_gives_the_models_own_loss_and_gradients():
-    """The packed SFT path's loss through TRL's fused LM head (labelled tokens only, on CPU) equals the model's."""
-    import copy
-
-    import torch
-
-    from neuralchat_recipes.data.packing import use_packed_attention
-    from neuralchat_recipes.stages.common import completion_only_lm_head, use_fused_lm_head
-    from neuralchat_recipes.tiny_model import resolve_builtin
-    from transformers import AutoModelForCausalLM
-
-    plain = AutoModelForCausalLM.from_pretrained(resolve_builtin("builtin:tiny-llama"), dtype=torch.float32)
-    fused = copy.deepcopy(plain)
-    assert use_packed_attention(plain) and use_packed_attention(fused) and use_fused_lm_head(fused)
-    batch = PackedCollator(pad_token_id=0, mask="segments")(pack(_examples([10, 3, 22, 8, 30], seed=2), 48))
-    grads = []
-    for model in (plain, fused):
-        with completion_only_lm_head("cpu"):
-            out = model(**batch)
-        out.loss.backward()
-        grads.append((out.loss.detach(), model.lm_head.weight.grad, model.model.layers[0].self_attn.q_proj.weight.grad))
-        assert (getattr(out, "logits", None) is None) == (model is fused)  # no [batch, length, vocab] tensor
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    # generation (no labels) still runs the model's own forward
-    assert fused(input_ids=batch["input_ids"][:1, :5]).logits.shape[-1] == fused.config.vocab_size
