@@ -26,7 +26,8 @@ def _series(history: list[dict[str, Any]], key: str) -> tuple[list[float], list[
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def _plot(path: Path, title: str, panels: list[tuple[str, list[tuple[str, list[float], list[float], str]]]]) -> bool:
+def plot_panels(path: Path, title: str, panels: list[tuple[str, list[tuple[str, list[float], list[float], str]]]],
+                xlabel: str = "optimizer step") -> bool:
     """One PNG with a panel per (y label, [(line label, xs, ys, style)]); False when nothing to draw."""
     panels = [(ylabel, [line for line in lines if line[1]]) for ylabel, lines in panels]
     panels = [p for p in panels if p[1]]
@@ -41,7 +42,7 @@ def _plot(path: Path, title: str, panels: list[tuple[str, list[tuple[str, list[f
     for ax, (ylabel, lines) in zip(axes[0], panels):
         for label, xs, ys, style in lines:
             ax.plot(xs, ys, style, label=label, linewidth=1.8, markersize=3)
-        ax.set_xlabel("optimizer step")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
         ax.legend()
@@ -107,10 +108,10 @@ def write_report(run_dir: Path, summary: dict[str, Any], results: list[dict[str,
                  (f"{r['name']} held-out loss", *_series(history, "eval_loss"), "--s")]
         panels.append((f"{r['name']} loss", lines))
     images = []
-    if _plot(run_dir / "loss.png", f"{summary['recipe']}: loss per training stage", panels):
+    if plot_panels(run_dir / "loss.png", f"{summary['recipe']}: loss per training stage", panels):
         images.append(("Loss per stage", "loss.png"))
     dpo = [r for r in train if r["kind"] == "dpo"]
-    if dpo and _plot(run_dir / "dpo_rewards.png", f"{summary['recipe']}: DPO rewards", [
+    if dpo and plot_panels(run_dir / "dpo_rewards.png", f"{summary['recipe']}: DPO rewards", [
         ("reward accuracy (chosen > rejected)", [(r["name"], *_series(r["metrics"]["history"], "rewards/accuracies"), "-o") for r in dpo]),
         ("reward margin (chosen - rejected)", [(r["name"], *_series(r["metrics"]["history"], "rewards/margins"), "-o") for r in dpo]),
     ]):

@@ -11,27 +11,20 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 from typing import Any
+
+from .report import _num, plot_panels, scored_models
 
 try:
     from hydra.experimental.callback import Callback
 except ImportError:  # pragma: no cover - hydra is a dependency; keeps this module importable alone
     Callback = object  # type: ignore[assignment,misc]
 
-EVAL_KEYS = ("exact_match", "answer_loss", "preference_accuracy", "preference_margin")
-
-
-def _num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
 
 def final_metrics(summary: dict[str, Any]) -> dict[str, Any]:
     """A run summary as flat columns: each training stage's last loss (and DPO reward accuracy /
     margin), each evaluation's scores of the model it evaluates, and the final model."""
-    from .report import scored_models
-
     row: dict[str, Any] = {}
     for s in summary.get("stages", []):
         name = s["name"]
@@ -127,30 +120,15 @@ def write_table(sweep_dir: Path) -> dict[str, Path]:
 
 
 def _plot(path: Path, key: str, rows: list[dict[str, Any]], metric_keys: list[str]) -> bool:
+    """A panel per metric (up to six) against the swept key; False for a categorical key."""
     try:
         xs = [float(row[key]) for row in rows]
     except (TypeError, ValueError, KeyError):
         return False  # a categorical key: the table says it all
     metrics = [m for m in metric_keys if all(_num(row.get(m)) for row in rows)][:6]
-    if not metrics:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     order = sorted(range(len(xs)), key=xs.__getitem__)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        ax.plot([xs[i] for i in order], [rows[i][metric] for i in order], "o-")
-        ax.set_xlabel(key)
-        ax.set_ylabel(metric)
-        ax.grid(True, alpha=0.3)
-    fig.suptitle(f"sweep over {key}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    panels = [(m, [(m, [xs[i] for i in order], [rows[i][m] for i in order], "o-")]) for m in metrics]
+    return plot_panels(path, f"sweep over {key}", panels, xlabel=key)
 
 
 def objective(summary: dict[str, Any], metric: str) -> float:

@@ -130,7 +130,7 @@ class Backend:
                 command += ["-genv", f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']}"]
             command += ["python", "-m", WORKER_MODULE, *worker_args]
         elif launcher == "gaudi_spawn":
-            spawn = hw.gaudi.spawn if hw.gaudi else "auto"
+            spawn = hw.gaudi.spawn  # gaudi_spawn implies device hpu, which requires the gaudi block
             mode = "--use_deepspeed" if spawn == "deepspeed" or (spawn == "auto" and zero_stage) else "--use_mpi"
             command = ["python", "-m", "neuralchat_recipes.backends.gaudi_spawn", "--world_size", str(world), mode]
             if hw.hostfile:
