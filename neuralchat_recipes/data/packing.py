@@ -86,15 +86,23 @@ class PackedCollator:
 
     ``pad_to``: pad every batch to this length (static shapes) instead of its longest block.
     ``mask``: ``"4d"`` (block-diagonal causal mask; bool, or additive float when ``dtype`` is
-    given, for eager attention) or ``"segments"`` (no mask: the model runs ``ncr_packed_sdpa``)."""
+    given, for eager attention) or ``"segments"`` (no mask: the model runs ``ncr_packed_sdpa``).
+    ``labelled_logits``: the model computes logits only where a label is predicted (prompt
+    tokens, the last token of each sample and padding predict nothing): the batch carries
+    ``logits_to_keep`` (a boolean mask) and ``shift_labels`` (the targets of those positions),
+    which the model's own causal-LM loss and the Trainer's token count take as they are. For
+    models that pass a boolean ``logits_to_keep`` to ``slice_logits_to_keep`` (see
+    ``supports_labelled_logits``)."""
 
-    def __init__(self, pad_token_id: int, pad_to: int | None = None, mask: str = "4d", dtype=None):
+    def __init__(self, pad_token_id: int, pad_to: int | None = None, mask: str = "4d", dtype=None,
+                 labelled_logits: bool = False):
         if mask not in ("4d", "segments"):
             raise ValueError(f"mask must be 4d or segments, not {mask!r}")
         self.pad_token_id = pad_token_id
         self.pad_to = pad_to
         self.mask = mask
         self.dtype = dtype
+        self.labelled_logits = labelled_logits
         self.real_tokens = 0
         self.padded_tokens = 0
 
@@ -119,6 +127,10 @@ class PackedCollator:
             self.real_tokens += n
         self.padded_tokens += batch * length
         out = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+        if self.labelled_logits:
+            targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE)  # what each position predicts
+            keep = targets != IGNORE
+            out["logits_to_keep"], out["shift_labels"] = keep, targets[keep]
         if self.mask == "4d":
             causal = torch.ones(length, length, dtype=torch.bool).tril()
             same = segments[:, :, None] == segments[:, None, :]
@@ -154,16 +166,29 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     p = dropout if module.training else 0.0
     positions = position_ids.expand(query.shape[0], -1) if position_ids.shape[0] != query.shape[0] else position_ids
     rows = []
-    for b in range(query.shape[0]):
+    # unbind/split rather than slicing: a slice's backward writes a zero tensor of the whole input per slice
+    for b, (q, k, v) in enumerate(zip(query.unbind(0), key.unbind(0), value.unbind(0))):
         starts = (positions[b] == 0).nonzero().flatten().tolist()
         if not starts or starts[0] != 0:
             starts = [0, *starts]
-        bounds = [*starts[1:], query.shape[2]]
-        rows.append(torch.cat([
-            F.scaled_dot_product_attention(query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e],
-                                           dropout_p=p, scale=scaling, is_causal=True, enable_gqa=gqa)
-            for s, e in zip(starts, bounds)], dim=2))
-    return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+        sizes = [e - s for s, e in zip(starts, [*starts[1:], q.shape[1]])]
+        rows.append(torch.cat([  # 4D inputs: SDPA's fused CPU kernel (3D ones take the slower math path)
+            F.scaled_dot_product_attention(qs[None], ks[None], vs[None], dropout_p=p, scale=scaling, is_causal=True,
+                                           enable_gqa=gqa)[0].transpose(0, 1)
+            for qs, ks, vs in zip(q.split(sizes, 1), k.split(sizes, 1), v.split(sizes, 1))], dim=0))
+    return torch.stack(rows), None  # [batch, length, heads, head_dim], as transformers expects
+
+
+def supports_labelled_logits(model) -> bool:
+    """Whether the model's forward slices hidden states by a boolean ``logits_to_keep`` (transformers'
+    ``slice_logits_to_keep``) before its LM head, so ``PackedCollator(labelled_logits=True)`` applies."""
+    import inspect
+
+    try:
+        return ("logits_to_keep" in inspect.signature(model.forward).parameters
+                and "slice_logits_to_keep(" in inspect.getsource(type(model).forward))
+    except (OSError, TypeError):
+        return False
 
 
 def use_packed_attention(model) -> bool:

@@ -118,7 +118,8 @@ def _run_plain_trainer(ctx: StageContext, source: str, tokenizer, examples, eval
     from datasets import Dataset
     from transformers import DataCollatorForSeq2Seq
 
-    from ..data.packing import PackedCollator, labels_of, non_pad_fraction, pack, use_packed_attention
+    from ..data.packing import (PackedCollator, labels_of, non_pad_fraction, pack, supports_labelled_logits,
+                                 use_packed_attention)
 
     spec, args = ctx.spec, ctx.spec.args
     trainer_cls, config_cls = ctx.backend.trainer_classes()
@@ -138,16 +139,20 @@ def _run_plain_trainer(ctx: StageContext, source: str, tokenizer, examples, eval
         # per-sample causal attention where the model runs on transformers' attention interface (not on
         # Gaudi, whose kernels take masks); a block-diagonal mask otherwise
         segments = ctx.backend.device != "hpu" and use_packed_attention(model)
+        # the LM head and loss only where a label is predicted (~20-40% of positions are prompt tokens);
+        # not with static shapes, where the logits' shape must not change from batch to batch
+        labelled = not args["pad_to_max"] and ctx.backend.device != "hpu" and supports_labelled_logits(model)
         import torch
 
         collator = PackedCollator(tokenizer.pad_token_id, pad_to=size if args["pad_to_max"] else None,
                                   mask="segments" if segments else "4d",
-                                  dtype=torch.float32 if eager and not segments else None)
+                                  dtype=torch.float32 if eager and not segments else None, labelled_logits=labelled)
         lengths = [len(e["input_ids"]) for e in examples]
         micro = args["per_device_train_batch_size"]
         extra["packing"] = {
             "samples": len(examples), "blocks": len(train),
             "isolation": "per-sample causal attention" if segments else "block-diagonal mask",
+            "logits": "labelled positions only" if labelled else "every position",
             "non_pad_fraction_packed": round(non_pad_fraction([len(b["input_ids"]) for b in train], micro,
                                                               size if args["pad_to_max"] else None), 4),
             "non_pad_fraction_unpacked": round(non_pad_fraction(lengths, micro, size if args["pad_to_max"] else None), 4),
@@ -171,7 +176,8 @@ def _run_plain_trainer(ctx: StageContext, source: str, tokenizer, examples, eval
     trainer = trainer_cls(model=model, args=config, train_dataset=Dataset.from_list(train),
                           eval_dataset=Dataset.from_list(held) if held else None, processing_class=tokenizer,
                           data_collator=collator, **ctx.backend.trainer_kwargs(args))
-    # (the model's own loss: TRL's fused, tiled LM head measured 12% slower on packed blocks here, bench/)
+    # (the model's own loss, on the labelled positions: TRL's fused, tiled LM head measured 12% slower on packed
+    # blocks here, bench/)
     metrics = train_and_save(ctx, trainer, tokenizer)
     metrics.update(extra)
     if args["packing"] and collator.fraction is not None:

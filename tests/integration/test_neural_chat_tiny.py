@@ -115,4 +115,5 @@ def test_instruct_recipe_packs_samples_like_itrex_concatenation(tmp_path):
     # 100 rows of ~40 tokens (alpaca preamble + instruction + answer) packed whole into 128-token blocks
     assert packing["samples"] == 100 and manifest["metrics"]["samples"] == packing["blocks"] < 40
     assert packing["non_pad_fraction_seen"] > 0.85
+    assert packing["isolation"] == "per-sample causal attention" and packing["logits"] == "labelled positions only"
     assert manifest["metrics"]["last_loss"] < manifest["metrics"]["first_loss"]

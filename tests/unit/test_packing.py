@@ -65,6 +65,37 @@ def test_per_sample_attention_gives_each_sample_its_own_loss(segment_attention):
     segment_attention.zero_grad()
 
 
+def test_logits_only_where_a_label_is_predicted_give_the_same_loss_and_gradients(segment_attention):
+    import torch
+
+    from neuralchat_recipes.data.packing import supports_labelled_logits
+
+    model = segment_attention
+    assert supports_labelled_logits(model)
+    examples = _examples([7, 19, 4, 30, 12, 9, 25, 16], seed=5)
+    blocks = pack(examples, 48)
+    full = PackedCollator(pad_token_id=0, mask="segments")(blocks)
+    lean = PackedCollator(pad_token_id=0, mask="segments", labelled_logits=True)(blocks)
+    predicted = (full["labels"][:, 1:] != IGNORE).sum().item()
+    assert lean["shift_labels"].shape == (predicted,) and lean["logits_to_keep"].sum().item() == predicted
+
+    def loss_and_grad(batch):
+        model.zero_grad()
+        out = model(**batch)
+        out.loss.backward()
+        grad = model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+        model.zero_grad()
+        return out, grad
+
+    (full_out, full_grad), (lean_out, lean_grad) = loss_and_grad(full), loss_and_grad(lean)
+    assert lean_out.logits.shape == (predicted, model.config.vocab_size)  # only the predicting positions
+    assert lean_out.loss.item() == pytest.approx(full_out.loss.item(), rel=1e-5)
+    torch.testing.assert_close(lean_grad, full_grad, rtol=1e-4, atol=1e-6)
+    alone = sum(_summed_loss(model, {"input_ids": torch.tensor([e["input_ids"]]), "labels": torch.tensor([labels_of(e)])})
+                for e in examples)
+    assert lean_out.loss.item() * predicted == pytest.approx(alone, rel=1e-4)
+
+
 def test_packed_batch_loss_equals_the_sum_of_per_sample_losses(tiny_model):
     import torch
 
