@@ -49,6 +49,12 @@ class Backend:
         return env
 
     # ---- run time (heavy imports happen inside) -------------------------------------
+    def stage_memory(self):
+        """A context the stage runs in, for host-memory settings (the CPU backend's allocator)."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
     RUNTIME_ARG_KEYS = ("use_cpu", "ddp_backend")
     sft_with_trl = True  # unpacked SFT through TRL's SFTTrainer (else the plain Trainer + our collator)
     dpo_tokenizer_kwarg = "processing_class"  # how the DPO trainer takes the tokenizer

@@ -28,7 +28,8 @@ def _lazy(module: str) -> Callable[[StageContext], dict[str, Any]]:
     def run(ctx: StageContext) -> dict[str, Any]:
         import importlib
 
-        return importlib.import_module(f"{__name__}.{module}").run(ctx)
+        with ctx.backend.stage_memory():
+            return importlib.import_module(f"{__name__}.{module}").run(ctx)
 
     return run
 
