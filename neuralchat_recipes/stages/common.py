@@ -139,6 +139,18 @@ def check_adapter_fits(spec, model) -> None:
         )
 
 
+def ready_to_train(ctx, model) -> None:
+    """A freshly loaded model, before a training stage wraps it: shape checks, then the memory saver
+    for SwiGLU MLPs (same results; not on Gaudi, where optimum-habana swaps in its own modules)."""
+    check_adapter_fits(ctx.spec, model)
+    if ctx.backend.device != "hpu":
+        from .activations import recompute_swiglu
+
+        if n := recompute_swiglu(model):
+            log.info("[%s] %d MLPs keep gate and up projections only for the backward (activation recomputed)",
+                     ctx.spec.name, n)
+
+
 def config_kwargs(args: dict[str, Any], output_dir: str, backend, fields: set[str],
                   extra: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """Training-argument keywords from the plan's resolved args for a config class with these

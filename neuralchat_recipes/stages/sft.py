@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import StageContext
-from .common import StageError, check_adapter_fits, completion_only_lm_head, deepspeed_file, load_model, load_tokenizer, log, model_source, render_prompt, train_and_save, training_config, eval_kwargs
+from .common import StageError, ready_to_train, completion_only_lm_head, deepspeed_file, load_model, load_tokenizer, log, model_source, render_prompt, train_and_save, training_config, eval_kwargs
 from .peft_config import build_peft_config
 
 # TRL's SFTTrainer computes the loss through a fused LM head patched onto the base model, which
@@ -51,7 +51,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     # training arguments first: with ZeRO-3 they make from_pretrained load the weights already sharded
     config = training_config(ctx, config_cls, trl_config_extra(args, deepspeed_file(ctx)))
     model = load_model(spec, source, args["precision"])
-    check_adapter_fits(spec, model)
+    ready_to_train(ctx, model)
     trainer = trainer_cls(
         model=model,
         args=config,
@@ -125,7 +125,7 @@ def _run_plain_trainer(ctx: StageContext, source: str, tokenizer, examples, eval
     trainer_cls, config_cls = ctx.backend.trainer_classes()
     config = training_config(ctx, config_cls, plain_config_extra(args, deepspeed_file(ctx)))
     model = load_model(spec, source, args["precision"])
-    check_adapter_fits(spec, model)
+    ready_to_train(ctx, model)
     size = args["max_seq_length"]
     extra: dict[str, Any] = {}
     if args["packing"]:
