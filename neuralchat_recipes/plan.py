@@ -271,8 +271,12 @@ def _training_args(stage, hw, backend, precision: str, world: int, zero_stage: i
             max_prompt_length=stage.max_prompt_length,
             pad_to_max=hw.static_shapes if stage.pad_to_max is None else stage.pad_to_max,
             group_by_length=not hw.static_shapes if stage.group_by_length is None else stage.group_by_length,
-            reference_model="policy with adapter disabled" if stage.peft.method != "none" else "frozen copy of the input model",
+            precompute_ref_log_probs=(backend.device != "hpu" and not zero_stage if stage.precompute_ref_log_probs is None
+                                      else stage.precompute_ref_log_probs),
         )
+        args["reference_model"] = ("policy with adapter disabled" if stage.peft.method != "none" else
+                                   "the input model, scored before training (no copy kept)"
+                                   if args["precompute_ref_log_probs"] else "frozen copy of the input model")
     args.update(backend.training_extras(stage, bool(zero_stage)))
     return args
 

@@ -183,6 +183,14 @@ class DPOStage(TrainStageBase):
         description="Batch pairs of similar length together (less padding: faster on dynamic-shape devices); "
         "null: on unless the hardware profile pads to static shapes.",
     )
+    precompute_ref_log_probs: bool | None = Field(
+        default=None,
+        description="Score every pair under the reference once, in a pass before training (pairs sorted by length), "
+        "instead of a reference forward inside every step: lower peak memory (no reference activations on top of "
+        "the policy's), no reference copy kept without an adapter, and less work from the second epoch on. "
+        "null: on, except on Gaudi and with DeepSpeed.",
+        json_schema_extra=NOT_FINGERPRINTED,
+    )
 
     @property
     def resolved_template(self) -> str:

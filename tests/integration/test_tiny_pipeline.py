@@ -150,3 +150,21 @@ def test_generate_stage_answers_prompts_with_the_merged_model(tmp_path):
     rows = [json.loads(l) for l in (next(tmp_path.glob("artifacts/generate-*")) / "generations.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in rows] == ["What is 2 plus 3 ?", "Add 4 and 4 .", "Compute 1 + 6 .", "What is 9 plus 0 ?"]
     assert all(re.fullmatch(r"\d plus \d is \d+ \.", r["completion"]) for r in rows), rows
+
+
+def test_reference_scored_before_training_matches_each_pair(tmp_path):
+    """At step 1 the policy is the reference (LoRA B = 0): every reward is 0 only if each pair got its own
+    precomputed reference log-probs back (they are scored sorted by length, then put back in order)."""
+    def first_step(precompute: str) -> dict:
+        root = tmp_path / precompute
+        proc = run_cli("pipeline=[dpo]", "dpo.input=base", "dpo.max_steps=2", "dpo.logging_steps=1",
+                       f"dpo.precompute_ref_log_probs={precompute}", f"output_root={root}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        metrics = json.loads((next((root / "artifacts").glob("dpo-*")) / "manifest.json").read_text())["metrics"]
+        assert ("reference_scored_before_training_s" in metrics) == (precompute == "true")
+        return metrics["history"][0]
+
+    scored, inline = first_step("true"), first_step("false")
+    assert scored["rewards/chosen"] == 0 and scored["rewards/rejected"] == 0 and scored["loss"] == pytest.approx(0.6931, abs=1e-4)
+    assert scored["logps/chosen"] == pytest.approx(inline["logps/chosen"], rel=1e-5)
+    assert scored["loss"] == pytest.approx(inline["loss"], rel=1e-6)
