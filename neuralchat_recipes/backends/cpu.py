@@ -12,8 +12,6 @@ from typing import Any
 
 from .base import Backend
 
-log = logging.getLogger("neuralchat_recipes")
-
 @lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     try:
