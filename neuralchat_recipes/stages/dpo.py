@@ -30,7 +30,7 @@ def with_prompt_limit(trainer_cls, max_prompt_length: int):
 
         def _precompute_ref_logps(self, dataset, name, batch_size):
             """TRL scores the pairs in dataset order, each batch padded to its longest sequence; sorted by
-            length there is little padding (the benchmark's 64 pairs: 26 s unsorted, 14 s sorted)."""
+            length there is little padding (the benchmark's 64 pairs: ~26 s unsorted, 14 s sorted)."""
             import time
 
             import torch
