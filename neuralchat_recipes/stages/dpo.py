@@ -31,7 +31,9 @@ def with_prompt_limit(trainer_cls, max_prompt_length: int):
         def _precompute_ref_logps(self, dataset, name, batch_size):
             """TRL scores the pairs in dataset order, each batch padded to its longest sequence; sorted by
             length there is little padding (the benchmark's 64 pairs: ~26 s unsorted, 14 s sorted)."""
+            import os
             import time
+            from unittest import mock
 
             import torch
 
@@ -39,7 +41,8 @@ def with_prompt_limit(trainer_cls, max_prompt_length: int):
             columns = ("prompt_ids", "chosen_ids", "rejected_ids")
             # its data loader draws a seed from the global RNG: fork it, so the training order stays the same
             # with or without this pass
-            with torch.random.fork_rng(devices=[]):
+            # (and its progress bar is TRL's own tqdm: our progress lines are the stage's)
+            with torch.random.fork_rng(devices=[]), mock.patch.dict(os.environ, {"TQDM_DISABLE": "1"}):
                 if not all(c in dataset.column_names for c in columns):
                     scored = super()._precompute_ref_logps(dataset, name, batch_size)
                 else:

@@ -168,3 +168,10 @@ def test_reference_scored_before_training_matches_each_pair(tmp_path):
     assert scored["rewards/chosen"] == 0 and scored["rewards/rejected"] == 0 and scored["loss"] == pytest.approx(0.6931, abs=1e-4)
     assert scored["logps/chosen"] == pytest.approx(inline["logps/chosen"], rel=1e-5)
     assert scored["loss"] == pytest.approx(inline["loss"], rel=1e-6)
+
+    # without an adapter, scoring the reference up front spares the frozen copy TRL would keep
+    proc = run_cli("pipeline=[dpo]", "dpo.input=base", "peft@dpo.peft=none", "dpo.max_steps=1", f"output_root={tmp_path / 'full'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((next((tmp_path / "full" / "artifacts").glob("dpo-*")) / "manifest.json").read_text())
+    assert manifest["metrics"]["reference_model"] == "input model, scored before training"
+    assert "Computing reference log probs" not in proc.stderr  # TRL's progress bar stays quiet
