@@ -37,6 +37,8 @@ sys.path.insert(0, str(HERE))
 
 from workload import build_model, write_dpo, write_sft  # noqa: E402
 
+from neuralchat_recipes.backends.cpu import KEEP  # noqa: E402
+
 
 def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str, str]:
     """(wall seconds, peak RSS MiB of that process tree's largest process, stdout, stderr)."""
@@ -54,7 +56,7 @@ def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str, str
 
 
 # what hardware.retain_freed_memory does in our stages (mallopt), for a peer through glibc's environment
-RETAIN_FREED = {"MALLOC_MMAP_THRESHOLD_": str(2**31 - 1), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+RETAIN_FREED = {"MALLOC_MMAP_THRESHOLD_": str(KEEP), "MALLOC_TRIM_THRESHOLD_": str(KEEP)}
 
 
 def contender(name: str, work: Path, env, limit: int | None = None) -> dict:

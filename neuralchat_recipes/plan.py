@@ -275,7 +275,7 @@ def _training_args(stage, hw, backend, precision: str, world: int, zero_stage: i
                                       else stage.precompute_ref_log_probs),
         )
         args["reference_model"] = ("policy with adapter disabled" if stage.peft.method != "none" else
-                                   "the input model, scored before training (no copy kept)"
+                                   "input model, scored before training"
                                    if args["precompute_ref_log_probs"] else "frozen copy of the input model")
     args.update(backend.training_extras(stage, bool(zero_stage)))
     return args

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import inspect
 import types
+from functools import lru_cache
 
 PATTERN = "self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))"
 
 
+@lru_cache(maxsize=None)
 def _silu_mul_function():
     import torch
     import torch.nn.functional as F
@@ -39,15 +41,9 @@ def _silu_mul_function():
     return SiluMul
 
 
-_FUNCTION = None
-
-
 def silu_mul(gate, up):
     """``silu(gate) * up`` that saves gate and up only (the activation is recomputed in the backward)."""
-    global _FUNCTION
-    if _FUNCTION is None:
-        _FUNCTION = _silu_mul_function()
-    return _FUNCTION.apply(gate, up)
+    return _silu_mul_function().apply(gate, up)
 
 
 def _lean_forward(self, x):

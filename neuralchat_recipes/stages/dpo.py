@@ -15,7 +15,7 @@ from .common import ready_to_train, completion_only_lm_head, deepspeed_file, loa
 from .peft_config import build_peft_config
 
 
-def with_prompt_limit(trainer_cls, max_prompt_length: int):
+def dpo_trainer_class(trainer_cls, max_prompt_length: int):
     """A DPOTrainer subclass that cuts tokenized prompts to their last max_prompt_length tokens, and
     scores the reference (precompute_ref_log_probs) on pairs sorted by length, timed."""
 
@@ -82,7 +82,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     model = load_model(spec, source, args["precision"])  # after the arguments: ZeRO-3 loads it sharded
     ready_to_train(ctx, model)
     with completion_only_lm_head(ctx.backend.device):  # the trainer scores the reference while it is built
-        trainer = with_prompt_limit(trainer_cls, args["max_prompt_length"])(
+        trainer = dpo_trainer_class(trainer_cls, args["max_prompt_length"])(
             model=model,
             ref_model=None,
             args=config,
@@ -92,11 +92,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
             **{ctx.backend.dpo_tokenizer_kwarg: tokenizer},
             **ctx.backend.trainer_kwargs(args),
         )
-        # with an adapter TRL keeps no second model: the reference is the policy with its adapter disabled;
-        # without one, precomputed reference log-probs spare the frozen copy too
-        adapter = (spec.peft or {}).get("method", "none") != "none"
-        reference = ("separate frozen copy" if trainer.ref_model is not None else
-                     "policy with adapter disabled" if adapter else "input model, scored before training")
+        # the plan's reference (adapter disabled, or scored before training: no second model), unless this TRL
+        # kept a frozen copy after all
+        reference = "frozen copy of the input model" if trainer.ref_model is not None else args["reference_model"]
         extra: dict[str, Any] = {"reference_model": reference}
         if trainer.ref_precompute_s:  # (older TRL, as on Gaudi, scores the reference inside train())
             extra["reference_scored_before_training_s"] = round(trainer.ref_precompute_s, 2)
