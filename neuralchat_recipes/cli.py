@@ -29,6 +29,8 @@ def execute(recipe: RecipeConfig, plan: Plan | None = None) -> Any:
     if recipe.mode == "plan":
         print(plan.to_json())
         return plan
+    for warning in plan.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if recipe.mode == "validate":
         stages = " -> ".join(f"{s.name}({s.kind})" for s in plan.stages)
         print(f"OK: recipe {recipe.name} on {recipe.hardware.name} (world size {recipe.hardware.world_size}): {stages}")

