@@ -23,6 +23,7 @@ from .config import ConfigError, RecipeConfig
 from .config.recipe import produces
 from .config.stage import TRAIN_KINDS
 from .data.paths import resolve_data_path
+from .model_sources import ModelSourceError, eos_warning, model_facts
 
 
 class PlanError(ConfigError):
@@ -52,6 +53,7 @@ class Plan:
     world_size: int
     output_root: str
     stages: list[StageSpec]
+    warnings: list[str] = field(default_factory=list)
 
     def stage(self, name: str) -> StageSpec:
         for spec in self.stages:
@@ -133,9 +135,29 @@ def _directory_identity(key: str, directory: str) -> str:
     return _hash({str(p.relative_to(root)): file_sha256(p) for p in sorted(root.rglob("*")) if p.is_file()})
 
 
-def _model_identity(model) -> dict[str, Any]:
+def _model_identity(model, facts: dict[str, Any] | None) -> dict[str, Any]:
     keep = ("path", "revision", "architecture", "tokenizer", "use_fast_tokenizer", "torch_dtype", "pad_token")
-    return {k: getattr(model, k) for k in keep}
+    identity = {k: getattr(model, k) for k in keep}
+    if facts and "sha256" in facts:  # a GGUF file: its bytes, not its name or place
+        identity.pop("path")
+        identity["gguf_sha256"] = facts["sha256"]
+    return identity
+
+
+def _base_model_facts(recipe: RecipeConfig) -> dict[str, Any] | None:
+    """What the base model's local files say (GGUF or directory); None for hub ids and builtin models."""
+    model = recipe.model
+    try:
+        return model_facts(model.path, model.package)
+    except ModelSourceError as exc:
+        raise PlanError([f"`model.path` = {model.path!r}: {exc}"]) from None
+
+
+def params_billion(model, facts: dict[str, Any] | None) -> float | None:
+    """The entry's parameter count, else the one counted in the local weights."""
+    if model.params_billion:
+        return model.params_billion
+    return round(facts["parameters"] / 1e9, 4) if facts and facts.get("parameters") else None
 
 
 def _micro_and_accum(global_batch: int, world: int, micro_max: int) -> tuple[int, int]:
@@ -155,9 +177,9 @@ def _host_memory_gb() -> float | None:
     return None
 
 
-def _check_fits(recipe: RecipeConfig, name: str, stage, precision: str, zero_stage: int | None, world: int) -> None:
+def _check_fits(recipe: RecipeConfig, name: str, stage, precision: str, zero_stage: int | None, world: int,
+                params: float | None) -> None:
     """Refuse plans whose weights cannot fit the profile's memory (rough, weights + optimizer only)."""
-    params = recipe.model.params_billion
     hw = recipe.hardware
     memory = hw.memory_gb or _host_memory_gb()
     if not params or not memory:
@@ -190,7 +212,10 @@ def _check_fits(recipe: RecipeConfig, name: str, stage, precision: str, zero_sta
 
 
 def _base_input(recipe: RecipeConfig) -> dict[str, Any]:
-    return {"stage": None, "model": recipe.model.path, "revision": recipe.model.revision}
+    entry = {"stage": None, "model": recipe.model.path, "revision": recipe.model.revision}
+    if recipe.model.package:
+        entry["package"] = recipe.model.package
+    return entry
 
 
 def _stage_input(spec: StageSpec) -> dict[str, Any]:
@@ -207,6 +232,8 @@ def _inputs(recipe: RecipeConfig, stage, upstream: str | None, by_name: dict[str
         inputs[0]["adapter_base"] = by_name[upstream].inputs[0]  # evaluated as base + adapter
     for other in getattr(stage, "compare", []):
         inputs.append(_base_input(recipe) if other == "base" else _stage_input(by_name[other]))
+    if stage.kind == "export":  # the model card describes every earlier stage: their results are inputs too
+        inputs += [{**_stage_input(spec), "described": True} for spec in by_name.values()]
     return inputs
 
 
@@ -296,6 +323,10 @@ def build_plan(recipe: RecipeConfig) -> Plan:
     specs: list[StageSpec] = []
     by_name: dict[str, StageSpec] = {}
     problems: list[str] = []
+    facts = _base_model_facts(recipe)
+    params = params_billion(recipe.model, facts)
+    model_info = {**recipe.model.model_dump(mode="json"), "params_billion": params}
+    warnings = [w for w in (eos_warning(recipe.model.name, facts),) if w]
     for name in recipe.pipeline:
         stage = recipe.stages[name]
         notes: list[str] = []
@@ -307,7 +338,7 @@ def build_plan(recipe: RecipeConfig) -> Plan:
             "engine": ENGINE_FINGERPRINT_VERSION,
             "kind": stage.kind,
             "stage": _fingerprinted_dump(stage),
-            "model": _model_identity(recipe.model),
+            "model": _model_identity(recipe.model, facts),
             "upstream": [i.get("fingerprint") for i in inputs],
             "precision": precision,
         }
@@ -331,7 +362,7 @@ def build_plan(recipe: RecipeConfig) -> Plan:
         if stage.kind in TRAIN_KINDS:
             zero_stage = _zero_stage(stage, hw, distributed, notes)
             try:
-                _check_fits(recipe, name, stage, precision, zero_stage, world)
+                _check_fits(recipe, name, stage, precision, zero_stage, world, params)
             except PlanError as exc:
                 problems += exc.problems
                 continue
@@ -345,6 +376,8 @@ def build_plan(recipe: RecipeConfig) -> Plan:
                          if k not in ("kind", "input", "dataset", "preference_dataset")})
             if stage.kind in ("eval", "generate"):
                 args["template"] = recipe.template_for(name)
+            if stage.kind == "export" and args["tokenizer_pre"] is None:
+                args["tokenizer_pre"] = (facts or {}).get("tokenizer_pre") or "default"
             if stage.kind == "eval":
                 harness, tasks, sft = recipe.resolve_eval(name)
                 args.update(harness=harness, tasks=tasks)
@@ -371,7 +404,7 @@ def build_plan(recipe: RecipeConfig) -> Plan:
             fingerprint=fingerprint,
             output_dir=str(root / "artifacts" / artifact_id),
             staging_dir=str(staging_dir),
-            model={**recipe.model.model_dump(mode="json"), "source": inputs[0].get("output_dir") or recipe.model.path},
+            model={**model_info, "source": inputs[0].get("output_dir") or recipe.model.path},
             dataset=dataset_info,
             peft=peft_info,
             args=args,
@@ -382,4 +415,5 @@ def build_plan(recipe: RecipeConfig) -> Plan:
         by_name[name] = spec
     if problems:
         raise PlanError(problems)
-    return Plan(recipe=recipe.name, hardware=hw.name, world_size=hw.world_size, output_root=str(root), stages=specs)
+    return Plan(recipe=recipe.name, hardware=hw.name, world_size=hw.world_size, output_root=str(root), stages=specs,
+                warnings=warnings)

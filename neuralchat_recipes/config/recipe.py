@@ -22,7 +22,7 @@ def produces(stage) -> str | None:
     """What a stage's artifact is: "model" (loadable on its own), "adapter" (needs its base), or None."""
     if stage.kind in TRAIN_KINDS:
         return "model" if stage.peft.method == "none" else "adapter"
-    return "model" if stage.kind == "merge" else None
+    return "model" if stage.kind in ("merge", "export") else None
 
 
 class RecipeConfig(StrictModel):

@@ -327,9 +327,24 @@ class GenerateStage(StageBase):
         return self
 
 
+class ExportStage(StageBase):
+    kind: Literal["export"] = Field(
+        default="export",
+        description="Publish a model: its Hugging Face files, a GGUF file for llama.cpp and a model card (README.md "
+        "with Hugging Face metadata, every stage's settings, the evaluation tables and the fingerprints).")
+    gguf_dtype: Literal["f16", "f32"] | None = Field(
+        default="f16", description="Precision of the GGUF file (f32 is exact, f16 half the size); null writes none.")
+    tokenizer_pre: str | None = Field(
+        default=None,
+        description="llama.cpp pre-tokenizer name written into the GGUF (how text is split before BPE: `smollm`, "
+        "`llama-bpe`, ...); null: the base model's own when it came from a GGUF file, else `default`.")
+    model_card: bool = Field(default=True, description="Write README.md, a Hugging Face model card.")
+
+
 StageConfig = Annotated[
-    Union[SFTStage, DPOStage, MergeStage, EvalStage, GenerateStage], Field(discriminator="kind")
+    Union[SFTStage, DPOStage, MergeStage, EvalStage, GenerateStage, ExportStage], Field(discriminator="kind")
 ]
 
-STAGE_KINDS = {"sft": SFTStage, "dpo": DPOStage, "merge": MergeStage, "eval": EvalStage, "generate": GenerateStage}
+STAGE_KINDS = {"sft": SFTStage, "dpo": DPOStage, "merge": MergeStage, "eval": EvalStage, "generate": GenerateStage,
+               "export": ExportStage}
 TRAIN_KINDS = {"sft", "dpo"}

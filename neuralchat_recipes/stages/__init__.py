@@ -40,4 +40,5 @@ STAGES: dict[str, Callable[[StageContext], dict[str, Any]]] = {
     "merge": _lazy("merge"),
     "eval": _lazy("evaluate"),
     "generate": _lazy("generate"),
+    "export": _lazy("export"),
 }
