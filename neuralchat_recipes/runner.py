@@ -361,9 +361,9 @@ def _results_table(results: Any) -> list[str]:
     """Evaluation results as rows: one per scored model (compared models first, then final)."""
     if not isinstance(results, dict) or not all(isinstance(v, dict) for v in results.values()):
         return []
-    known = [("exact_match", "exact match", True), ("answer_loss", "answer loss", False),
+    known = [("exact_match", "exact match", True), ("stop_rate", "stops", True), ("answer_loss", "answer loss", False),
              ("preference_accuracy", "prefers chosen", True), ("preference_margin", "log-prob margin", False)]
-    hidden = {c[0] for c in known} | {"examples", "pairs", "answer_perplexity"}
+    hidden = {c[0] for c in known} | {"examples", "pairs", "answer_perplexity", "seconds"}
     from .report import scored_models
 
     order, present = scored_models(results)

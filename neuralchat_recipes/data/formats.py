@@ -42,8 +42,10 @@ def _need_list(row: Row, key: str, where: str) -> list:
 
 def _with_system(messages: list[Row], default_system: str | None) -> list[Row]:
     if messages and messages[0]["role"] == "system":
-        if not messages[0]["content"].strip() and default_system:
-            return [{"role": "system", "content": default_system}, *messages[1:]]
+        if not messages[0]["content"].strip():
+            # an empty system turn is no system turn: the default, else none (a chat template adds its own)
+            rest = messages[1:]
+            return [{"role": "system", "content": default_system}, *rest] if default_system else rest
         return messages
     return ([{"role": "system", "content": default_system}] if default_system else []) + messages
 

@@ -29,12 +29,9 @@ def model_source(entry: dict[str, Any]) -> str:
     """Local path or hub id of a plan input: an upstream artifact, or the recipe's base model."""
     if entry.get("output_dir"):
         return entry["output_dir"]
-    path = entry["model"]
-    if path.startswith("builtin:"):
-        from ..tiny_model import resolve_builtin
+    from ..model_sources import loadable
 
-        return str(resolve_builtin(path))
-    return path
+    return loadable(entry["model"], entry.get("package"))
 
 
 def load_tokenizer(spec, source: str, template: str | None):
@@ -98,24 +95,76 @@ def render_prompt(tokenizer, template: str, messages: list[dict[str, str]]) -> s
     return prompt_text(template, messages, tokenizer.eos_token)
 
 
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    text: str  # special tokens removed
+    stopped: bool  # ended with EOS or the chat template's end-of-turn token within the token budget
+
+
 def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
-                   sample: dict[str, Any] | None = None, num_return_sequences: int = 1) -> list[list[str]]:
-    """Batched generation (left padding, KV cache): for each prompt, its completions."""
+                   sample: dict[str, Any] | None = None, num_return_sequences: int = 1) -> list[list[Completion]]:
+    """Batched generation (left padding, KV cache, prompts of similar length together): for each prompt, its
+    completions. Generation stops at EOS or at the token the chat template ends a turn with."""
     import torch
 
+    from ..model_sources import stop_token_ids
+
     tokenizer.padding_side = "left"
-    out_texts: list[list[str]] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    stops = stop_token_ids(tokenizer)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    by_index: dict[int, list[Completion]] = {}
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        enc = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True,
+                        add_special_tokens=False).to(model.device)
         kwargs = dict(do_sample=True, **sample) if sample else dict(do_sample=False)
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=max_new_tokens, use_cache=True, num_return_sequences=num_return_sequences,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **kwargs)
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=stops or None, **kwargs)
         new = out[:, enc["input_ids"].shape[1]:]
         texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-        out_texts += [texts[i:i + num_return_sequences] for i in range(0, len(texts), num_return_sequences)]
-    return out_texts
+        stopped = torch.isin(new, torch.tensor(stops, device=new.device)).any(dim=1).tolist() if stops else [False] * len(texts)
+        completions = [Completion(t, bool(s)) for t, s in zip(texts, stopped)]
+        for j, i in enumerate(chunk):
+            by_index[i] = completions[j * num_return_sequences:(j + 1) * num_return_sequences]
+    return [by_index[i] for i in range(len(prompts))]
+
+
+def answer_logprobs(model, tokenizer, items: list[tuple[str, str]], batch_size: int) -> list[tuple[float, int]]:
+    """For each (prompt, answer): the summed log-probability of the answer and the token that ends its turn,
+    and that token count. Batched (right padding, similar lengths together); log-softmax only over answer tokens."""
+    import torch
+
+    from ..model_sources import end_of_turn_id
+
+    end = end_of_turn_id(tokenizer)
+    end_text = tokenizer.convert_ids_to_tokens(end) if end is not None else tokenizer.eos_token
+    encoded = []
+    for prompt, answer in items:
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        a_ids = tokenizer(answer + end_text, add_special_tokens=False)["input_ids"]
+        encoded.append((p_ids, a_ids))
+    order = sorted(range(len(items)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
+    results: dict[int, tuple[float, int]] = {}
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        width = max(len(encoded[i][0]) + len(encoded[i][1]) for i in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, i in enumerate(chunk):
+            seq = encoded[i][0] + encoded[i][1]
+            ids[row, :len(seq)] = torch.tensor(seq)
+            mask[row, :len(seq)] = 1
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+        for row, i in enumerate(chunk):
+            p_len, a_ids = len(encoded[i][0]), encoded[i][1]
+            rows = logits[row, p_len - 1:p_len - 1 + len(a_ids)].float()
+            target = torch.tensor(a_ids, device=rows.device)[:, None]
+            results[i] = (torch.log_softmax(rows, dim=-1).gather(1, target).sum().item(), len(a_ids))
+        del logits
+    return [results[i] for i in range(len(items))]
 
 
 def load_input_model(spec, entry: dict[str, Any], precision: str):

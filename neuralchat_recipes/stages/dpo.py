@@ -118,5 +118,6 @@ def dpo_config_extra(args: dict[str, Any], deepspeed: str | None) -> dict[str, A
         deepspeed=deepspeed,
         group_by_length=args["group_by_length"],
         precompute_ref_log_probs=args["precompute_ref_log_probs"],
+        include_num_input_tokens_seen="non_padding",  # prompt + chosen and prompt + rejected, without padding
         **eval_kwargs(args),
     )

@@ -13,29 +13,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from . import StageContext
-from .common import StageError, generate_texts, load_input_model, load_tokenizer, log, model_source, render_prompt
+from .common import (StageError, answer_logprobs, generate_texts, load_input_model, load_tokenizer, log, model_source,
+                     render_prompt)
 
 
 def _models(ctx: StageContext) -> list[tuple[str, dict[str, Any]]]:
     """(label, plan input) of every model scored: the stage's input ("final"), then each `compare` model."""
     first, *others = ctx.spec.inputs
     return [("final", first)] + [(e["stage"] or "base", e) for e in others]
-
-
-def _answer_logprob(model, tokenizer, prompt: str, answer: str) -> tuple[float, int]:
-    """Sum of log-probabilities of the answer (and EOS) after the prompt, and its token count."""
-    import torch
-
-    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    a_ids = tokenizer(answer + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        logits = model(torch.tensor([p_ids + a_ids])).logits[0, len(p_ids) - 1:-1].float()
-    logp = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(a_ids)[:, None]).sum().item()
-    return logp, len(a_ids)
 
 
 def _references(rows, tokenizer, template: str) -> tuple[list[str], list[str]]:
@@ -50,27 +40,26 @@ def _references(rows, tokenizer, template: str) -> tuple[list[str], list[str]]:
 
 
 def _exact_match(model, tokenizer, rows, template: str, args) -> dict[str, float]:
+    """Exact match of greedy answers, how often they stop (end the turn within max_new_tokens), and the
+    reference answers' loss and perplexity."""
     prompts, refs = _references(rows, tokenizer, template)
     outputs = generate_texts(model, tokenizer, prompts, args["max_new_tokens"], args["batch_size"])
-    exact, nll, answer_tokens = 0, 0.0, 0
-    for prompt, ref, (text,) in zip(prompts, refs, outputs):
-        exact += int(text.strip() == ref.strip())
-        logp, n = _answer_logprob(model, tokenizer, prompt, ref)
-        nll -= logp
-        answer_tokens += n
-    return {"exact_match": exact / len(rows), "answer_loss": nll / answer_tokens,
-            "answer_perplexity": math.exp(nll / answer_tokens), "examples": len(rows)}
+    exact = sum(int(c.text.strip() == ref.strip()) for ref, (c,) in zip(refs, outputs))
+    scored = answer_logprobs(model, tokenizer, list(zip(prompts, refs)), args["batch_size"])
+    nll, answer_tokens = -sum(logp for logp, _ in scored), sum(n for _, n in scored)
+    return {"exact_match": exact / len(rows), "stop_rate": sum(c.stopped for (c,) in outputs) / len(rows),
+            "answer_loss": nll / answer_tokens, "answer_perplexity": math.exp(nll / answer_tokens),
+            "examples": len(rows)}
 
 
-def _preference(model, tokenizer, pairs, template: str) -> dict[str, float]:
-    wins, margin = 0, 0.0
-    for pair in pairs:
-        prompt = render_prompt(tokenizer, template, pair["prompt"])
-        chosen, _ = _answer_logprob(model, tokenizer, prompt, pair["chosen"])
-        rejected, _ = _answer_logprob(model, tokenizer, prompt, pair["rejected"])
-        wins += int(chosen > rejected)
-        margin += chosen - rejected
-    return {"preference_accuracy": wins / len(pairs), "preference_margin": margin / len(pairs), "pairs": len(pairs)}
+def _preference(model, tokenizer, pairs, template: str, batch_size: int) -> dict[str, float]:
+    """How often the chosen answer is more likely than the rejected one, and the mean log-prob margin."""
+    prompts = [render_prompt(tokenizer, template, pair["prompt"]) for pair in pairs]
+    scored = answer_logprobs(model, tokenizer, [(p, pair[side]) for p, pair in zip(prompts, pairs)
+                                                for side in ("chosen", "rejected")], batch_size)
+    margins = [scored[2 * i][0] - scored[2 * i + 1][0] for i in range(len(pairs))]
+    return {"preference_accuracy": sum(m > 0 for m in margins) / len(pairs),
+            "preference_margin": sum(margins) / len(pairs), "pairs": len(pairs)}
 
 
 def _rouge(model, tokenizer, rows, template: str, args) -> dict[str, float]:
@@ -80,10 +69,11 @@ def _rouge(model, tokenizer, rows, template: str, args) -> dict[str, float]:
     outputs = generate_texts(model, tokenizer, prompts, args["max_new_tokens"], args["batch_size"])
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
-    for ref, (text,) in zip(refs, outputs):
-        for key, value in scorer.score(ref, text.strip()).items():
+    for ref, (c,) in zip(refs, outputs):
+        for key, value in scorer.score(ref, c.text.strip()).items():
             totals[key] += value.fmeasure
-    return {**{k: v / len(rows) for k, v in totals.items()}, "examples": len(rows)}
+    return {**{k: v / len(rows) for k, v in totals.items()}, "stop_rate": sum(c.stopped for (c,) in outputs) / len(rows),
+            "examples": len(rows)}
 
 
 def _pass_at_k(model, tokenizer, problems, args) -> dict[str, Any]:
@@ -93,7 +83,7 @@ def _pass_at_k(model, tokenizer, problems, args) -> dict[str, Any]:
     sample = {"temperature": args["temperature"], "top_p": args["top_p"]} if n > 1 else None
     outputs = generate_texts(model, tokenizer, [p["prompt"] for p in problems], args["max_new_tokens"],
                              args["batch_size"], sample, num_return_sequences=n)
-    completions = [[truncate(c) for c in cs] for cs in outputs]
+    completions = [[truncate(c.text) for c in cs] for cs in outputs]
     result = score(problems, completions, args["k"], args["timeout_s"], args["memory_mb"])
     for p, cs in zip(result["per_problem"], completions):
         p["completions"] = cs
@@ -130,6 +120,7 @@ def _generation_harness(ctx: StageContext) -> dict[str, Any]:
     pairs = load_rows(stage.preference_dataset, "preference")[0] if stage.preference_dataset else None
     results = {}
     for label, entry in _models(ctx):
+        t0 = time.perf_counter()
         src = model_source(entry)
         tokenizer = load_tokenizer(ctx.spec, src, template)
         model = load_input_model(ctx.spec, entry, "fp32").eval()
@@ -141,7 +132,8 @@ def _generation_harness(ctx: StageContext) -> dict[str, Any]:
         elif rows:
             scores.update(_exact_match(model, tokenizer, rows, template, args))
         if pairs and harness == "builtin":
-            scores.update(_preference(model, tokenizer, pairs, template))
+            scores.update(_preference(model, tokenizer, pairs, template, args["batch_size"]))
+        scores["seconds"] = round(time.perf_counter() - t0, 2)  # loading and scoring this model
         results[label] = scores
         log.info("[%s] %s (%s): %s", ctx.spec.name, label, src,
                  ", ".join(f"{k} {v:.3g}" for k, v in scores.items() if isinstance(v, float)))

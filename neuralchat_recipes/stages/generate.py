@@ -49,6 +49,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     outputs = generate_texts(model, tokenizer, texts, args["max_new_tokens"], args["batch_size"], sample)
     with open(ctx.final / "generations.jsonl", "w", encoding="utf-8") as fh:
         for prompt, (completion,) in zip(prompts, outputs):
-            fh.write(json.dumps({"prompt": prompt, "completion": completion.strip()}) + "\n")
-            log.info("[%s] %r -> %r", spec.name, prompt, completion.strip())
-    return {"generations": len(prompts)}
+            fh.write(json.dumps({"prompt": prompt, "completion": completion.text.strip(),
+                                 "stopped": completion.stopped}) + "\n")
+            log.info("[%s] %r -> %r%s", spec.name, prompt, completion.text.strip(),
+                     "" if completion.stopped else f" (no end of turn within {args['max_new_tokens']} tokens)")
+    return {"generations": len(prompts), "stop_rate": sum(c.stopped for (c,) in outputs) / max(len(outputs), 1)}
