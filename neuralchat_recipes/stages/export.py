@@ -2,8 +2,10 @@
 
 The directory is what one would upload to the Hub: config, safetensors weights, tokenizer and chat
 template, generation config (hard links to the input artifact, which is never modified), plus
-``<recipe>-<dtype>.gguf`` (gguf_export.py), ``README.md`` (model_card.py) and
-``neuralchat_recipe.json`` (the resolved recipe, secrets scrubbed).
+``gguf/<recipe>-<dtype>.gguf`` (gguf_export.py), ``README.md`` (model_card.py) and
+``neuralchat_recipe.json`` (the resolved recipe, secrets scrubbed). The GGUF file has a folder of its
+own: transformers' ``from_pretrained(dir, gguf_file=...)`` prefers a ``tokenizer.json`` it finds next
+to the file over the tokenizer inside it.
 """
 
 from __future__ import annotations
@@ -62,8 +64,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     files: dict[str, str] = {}
     metrics: dict[str, Any] = {"source": str(source)}
     if args["gguf_dtype"]:
-        gguf_name = f"{ctx.recipe.name}-{args['gguf_dtype']}.gguf"
+        gguf_name = f"gguf/{ctx.recipe.name}-{args['gguf_dtype']}.gguf"
         log.info("[%s] writing %s (%s, pre-tokenizer %s)", spec.name, gguf_name, args["gguf_dtype"], args["tokenizer_pre"])
+        (ctx.final / "gguf").mkdir()
         try:
             metrics["gguf"] = write_gguf(source, ctx.final / gguf_name, args["gguf_dtype"],
                                          name=f"{ctx.recipe.name}-{ctx.recipe.model.name}",

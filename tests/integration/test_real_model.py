@@ -115,11 +115,12 @@ def test_the_exported_gguf_continues_text_as_the_safetensors_model_does(run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     export = Path(run["stages"]["export"]["output_dir"])
-    gguf_name = next(p.name for p in export.glob("*.gguf"))
+    gguf = next((export / "gguf").glob("*.gguf"))
+    assert sorted(p.name for p in gguf.parent.iterdir()) == [gguf.name]  # alone: nothing else is read instead
     model = AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(export)
-    from_gguf = AutoModelForCausalLM.from_pretrained(export, gguf_file=gguf_name, dtype=torch.float32).eval()
-    gguf_tokenizer = AutoTokenizer.from_pretrained(export, gguf_file=gguf_name)
+    from_gguf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    gguf_tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     assert gguf_tokenizer.eos_token == "<|im_end|>" and gguf_tokenizer.chat_template == tokenizer.chat_template
     for question in PROMPTS:
         prompt = chat_prompt(tokenizer, question)
@@ -132,7 +133,7 @@ def test_llama_cpp_loads_the_gguf_and_agrees(run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     export = Path(run["stages"]["export"]["output_dir"])
-    llm = llama_cpp.Llama(model_path=str(next(export.glob("*.gguf"))), n_ctx=512, n_threads=2, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(next((export / "gguf").glob("*.gguf"))), n_ctx=512, n_threads=2, verbose=False)
     model = AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(export)
     prompt = chat_prompt(tokenizer, "Tell me about the history of Rome.")
