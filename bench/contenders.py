@@ -19,8 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from workload import tokenized_sft  # noqa: E402
 
-LORA = dict(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-            task_type="CAUSAL_LM")
+LORA = dict(
+    r=16,
+    lora_alpha=32,
+    lora_dropout=0.05,
+    target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+    task_type="CAUSAL_LM",
+)
 BATCH = 8
 
 
@@ -38,15 +43,36 @@ def sft_trl(work: Path, limit: int | None, defaults: bool) -> dict:
     examples = tokenized_sft(work / "model", work / "sft.jsonl")[:limit]
     model, tok = _model(work)
     tuned = {} if defaults else dict(bf16=False, gradient_checkpointing=False)
-    cfg = SFTConfig(output_dir=str(work / "out-trl"), per_device_train_batch_size=BATCH, num_train_epochs=1,
-                    learning_rate=1e-4, use_cpu=True, report_to=[], save_strategy="no", logging_steps=1,
-                    disable_tqdm=True, dataset_num_proc=None, max_length=1024, seed=42, **tuned)
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(examples), processing_class=tok,
-                         peft_config=LoraConfig(**LORA))
+    cfg = SFTConfig(
+        output_dir=str(work / "out-trl"),
+        per_device_train_batch_size=BATCH,
+        num_train_epochs=1,
+        learning_rate=1e-4,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        dataset_num_proc=None,
+        max_length=1024,
+        seed=42,
+        **tuned,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=cfg,
+        train_dataset=Dataset.from_list(examples),
+        processing_class=tok,
+        peft_config=LoraConfig(**LORA),
+    )
     t0 = time.perf_counter()
     trainer.train()
-    return {"tokens": sum(len(e["input_ids"]) for e in examples), "train_s": time.perf_counter() - t0,
-            "bf16": cfg.bf16, "gradient_checkpointing": cfg.gradient_checkpointing}
+    return {
+        "tokens": sum(len(e["input_ids"]) for e in examples),
+        "train_s": time.perf_counter() - t0,
+        "bf16": cfg.bf16,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+    }
 
 
 def sft_raw_loop(work: Path, limit: int | None) -> dict:
@@ -61,7 +87,7 @@ def sft_raw_loop(work: Path, limit: int | None) -> dict:
     order = random.Random(42).sample(range(len(examples)), len(examples))
     t0 = time.perf_counter()
     for start in range(0, len(order), BATCH):
-        batch = [examples[i] for i in order[start:start + BATCH]]
+        batch = [examples[i] for i in order[start : start + BATCH]]
         width = max(len(e["input_ids"]) for e in batch)
         ids = torch.full((len(batch), width), tok.pad_token_id)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -86,14 +112,27 @@ def sft_hf_concat(work: Path, limit: int | None) -> dict:
 
     examples = tokenized_sft(work / "model", work / "sft.jsonl")[:limit]
     stream = [t for e in examples for t in e["input_ids"]]
-    blocks = [stream[i:i + 1024] for i in range(0, len(stream) // 1024 * 1024, 1024)]
+    blocks = [stream[i : i + 1024] for i in range(0, len(stream) // 1024 * 1024, 1024)]
     model, tok = _model(work)
     model = get_peft_model(model, LoraConfig(**LORA))
-    args = TrainingArguments(output_dir=str(work / "out-hf"), per_device_train_batch_size=BATCH, num_train_epochs=1,
-                             learning_rate=1e-4, use_cpu=True, report_to=[], save_strategy="no", logging_steps=1,
-                             disable_tqdm=True, seed=42)
-    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": blocks, "labels": blocks}),
-                      data_collator=default_data_collator)
+    args = TrainingArguments(
+        output_dir=str(work / "out-hf"),
+        per_device_train_batch_size=BATCH,
+        num_train_epochs=1,
+        learning_rate=1e-4,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        seed=42,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_dict({"input_ids": blocks, "labels": blocks}),
+        data_collator=default_data_collator,
+    )
     t0 = time.perf_counter()
     trainer.train()
     return {"tokens": len(blocks) * 1024, "train_s": time.perf_counter() - t0}
@@ -110,23 +149,50 @@ def dpo_trl(work: Path, limit: int | None, defaults: bool) -> dict:
     model, tok = _model(work)
     raw = [json.loads(line) for line in (work / "dpo.jsonl").read_text().splitlines()][:limit]
     rows = convert_rows(raw, "orca_dpo_pairs", "preference", "dpo.jsonl")
-    ds = Dataset.from_list([{"prompt": prompt_text("neural_chat", r["prompt"], tok.eos_token), "chosen": r["chosen"],
-                             "rejected": r["rejected"]} for r in rows])
+    ds = Dataset.from_list(
+        [
+            {
+                "prompt": prompt_text("neural_chat", r["prompt"], tok.eos_token),
+                "chosen": r["chosen"],
+                "rejected": r["rejected"],
+            }
+            for r in rows
+        ]
+    )
     tuned = {} if defaults else dict(bf16=False, gradient_checkpointing=False)
     ref = None
     if not defaults:
         from transformers import AutoModelForCausalLM
 
         ref = AutoModelForCausalLM.from_pretrained(work / "model")  # a separate frozen reference
-    cfg = DPOConfig(output_dir=str(work / "out-dpo"), per_device_train_batch_size=BATCH, num_train_epochs=1,
-                    learning_rate=5e-4, beta=0.1, max_length=1024, use_cpu=True, report_to=[], save_strategy="no",
-                    logging_steps=1, disable_tqdm=True, dataset_num_proc=None, seed=42, **tuned)
-    trainer = DPOTrainer(model=model, ref_model=ref, args=cfg, train_dataset=ds, processing_class=tok,
-                         peft_config=LoraConfig(**LORA))
+    cfg = DPOConfig(
+        output_dir=str(work / "out-dpo"),
+        per_device_train_batch_size=BATCH,
+        num_train_epochs=1,
+        learning_rate=5e-4,
+        beta=0.1,
+        max_length=1024,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        dataset_num_proc=None,
+        seed=42,
+        **tuned,
+    )
+    trainer = DPOTrainer(
+        model=model, ref_model=ref, args=cfg, train_dataset=ds, processing_class=tok, peft_config=LoraConfig(**LORA)
+    )
     t0 = time.perf_counter()
     trainer.train()
-    return {"pairs": len(ds), "train_s": time.perf_counter() - t0, "bf16": cfg.bf16,
-            "gradient_checkpointing": cfg.gradient_checkpointing, "reference": "separate model" if ref else "adapter disabled"}
+    return {
+        "pairs": len(ds),
+        "train_s": time.perf_counter() - t0,
+        "bf16": cfg.bf16,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+        "reference": "separate model" if ref else "adapter disabled",
+    }
 
 
 CONTENDERS = {

@@ -69,16 +69,45 @@ def ours(kind: str, work: Path, env, extra: list[str] = ()) -> dict:
     model = ["model.path=" + str(work / "model"), "model.revision=null", "model.params_billion=null"]
     lora = ["peft.r=16", "peft.alpha=32", "peft.dropout=0.05", "peft.target_modules=[q_proj,k_proj,v_proj,o_proj]"]
     if kind == "sft":
-        args = ["recipe=tiny", "pipeline=[sft]", *model, f"sft.dataset.path={work / 'sft.jsonl'}", "sft.dataset.format=messages",
-                "sft.packing=true", "sft.max_seq_length=1024", "sft.global_batch_size=8", "sft.micro_batch_size=8",
-                "sft.num_train_epochs=1", "sft.max_steps=null", "sft.learning_rate=1e-4", "sft.warmup_ratio=0",
-                "sft.lr_scheduler_type=linear", "sft.save_steps=100000", "sft.logging_steps=1", "sft.template=neural_chat",
-                *[f"sft.{x}" for x in lora]]
+        args = [
+            "recipe=tiny",
+            "pipeline=[sft]",
+            *model,
+            f"sft.dataset.path={work / 'sft.jsonl'}",
+            "sft.dataset.format=messages",
+            "sft.packing=true",
+            "sft.max_seq_length=1024",
+            "sft.global_batch_size=8",
+            "sft.micro_batch_size=8",
+            "sft.num_train_epochs=1",
+            "sft.max_steps=null",
+            "sft.learning_rate=1e-4",
+            "sft.warmup_ratio=0",
+            "sft.lr_scheduler_type=linear",
+            "sft.save_steps=100000",
+            "sft.logging_steps=1",
+            "sft.template=neural_chat",
+            *[f"sft.{x}" for x in lora],
+        ]
     else:
-        args = ["recipe=tiny", "pipeline=[dpo]", "dpo.input=base", *model, f"dpo.dataset.path={work / 'dpo.jsonl'}",
-                "dpo.max_length=1024", "dpo.max_prompt_length=512", "dpo.global_batch_size=8", "dpo.micro_batch_size=8",
-                "dpo.num_train_epochs=1", "dpo.max_steps=null", "dpo.learning_rate=5e-4", "dpo.warmup_steps=0",
-                "dpo.save_steps=100000", "dpo.logging_steps=1", *[f"dpo.{x}" for x in lora]]
+        args = [
+            "recipe=tiny",
+            "pipeline=[dpo]",
+            "dpo.input=base",
+            *model,
+            f"dpo.dataset.path={work / 'dpo.jsonl'}",
+            "dpo.max_length=1024",
+            "dpo.max_prompt_length=512",
+            "dpo.global_batch_size=8",
+            "dpo.micro_batch_size=8",
+            "dpo.num_train_epochs=1",
+            "dpo.max_steps=null",
+            "dpo.learning_rate=5e-4",
+            "dpo.warmup_steps=0",
+            "dpo.save_steps=100000",
+            "dpo.logging_steps=1",
+            *[f"dpo.{x}" for x in lora],
+        ]
     root = work / f"ours-{kind}-{time.time_ns()}"
     wall, rss, _, _ = measure([sys.executable, "-m", "neuralchat_recipes", *args, *extra, f"output_root={root}"], env)
     manifest = json.loads(next((root / "artifacts").glob(f"{kind}-*/manifest.json")).read_text())
@@ -91,13 +120,21 @@ def best_of(n: int, cmd: list[str], env) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a smaller workload (32 SFT samples, 16 pairs) to try the script")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smaller workload (32 SFT samples, 16 pairs) to try the script"
+    )
     parser.add_argument("--work", type=Path, default=None, help="work directory (default: a new temporary one)")
     a = parser.parse_args()
     work = a.work or Path(tempfile.mkdtemp(prefix="ncr-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "NEURALCHAT_CACHE": str(work / "cache"), "PYTHONPATH": str(HERE)}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "NEURALCHAT_CACHE": str(work / "cache"),
+        "PYTHONPATH": str(HERE),
+    }
     n_sft, n_pairs, slow_subset = (32, 16, 8) if a.quick else (96, 64, 8)  # TRL defaults: one batch (slow here)
     build_model(work / "model")
     write_sft(work / "sft.jsonl", n=n_sft)
@@ -109,14 +146,24 @@ def main() -> None:
     ours_sft = ours("sft", work, env)
     sft_rate = ours_sft["tokens_seen"] / ours_sft["train_runtime_s"]
     peers = {
-        "TRL SFTTrainer, defaults (bf16 autocast, grad. checkpointing)": contender("sft_trl_defaults", work, env, slow_subset),
+        "TRL SFTTrainer, defaults (bf16 autocast, grad. checkpointing)": contender(
+            "sft_trl_defaults", work, env, slow_subset
+        ),
         "raw PyTorch loop, fp32, padded to longest": contender("sft_raw_loop", work, env),
         "TRL SFTTrainer, fp32, no checkpointing": contender("sft_trl_fp32", work, env),
         "HF Trainer, ITREX concatenation (samples not isolated), fp32": contender("sft_hf_concat", work, env),
-        "TRL SFTTrainer, fp32, no checkpointing, + our allocator setting (for reference)":
-            contender("sft_trl_fp32", work, {**env, **RETAIN_FREED}),
+        "TRL SFTTrainer, fp32, no checkpointing, + our allocator setting (for reference)": contender(
+            "sft_trl_fp32", work, {**env, **RETAIN_FREED}
+        ),
     }
-    rows.append(("SFT: this project (packed, samples isolated)", f"{sft_rate:,.0f} tok/s", "1.00", f"{ours_sft['rss_mib']:,.0f}"))
+    rows.append(
+        (
+            "SFT: this project (packed, samples isolated)",
+            f"{sft_rate:,.0f} tok/s",
+            "1.00",
+            f"{ours_sft['rss_mib']:,.0f}",
+        )
+    )
     for label, r in peers.items():
         rate = r["tokens"] / r["train_s"]
         rows.append((f"SFT: {label}", f"{rate:,.0f} tok/s", f"{sft_rate / rate:.2f}", f"{r['rss_mib']:,.0f}"))
@@ -126,22 +173,44 @@ def main() -> None:
     # the reference pass before training counts (dpo.precompute_ref_log_probs)
     dpo_time = ours_dpo["train_runtime_s"] + ours_dpo.get("reference_scored_before_training_s", 0)
     dpo_rate = ours_dpo["samples"] * ours_dpo.get("epochs", 1) / dpo_time
-    rows.append(("DPO: this project (LoRA, reference = adapter disabled)", f"{dpo_rate:.2f} pairs/s", "1.00",
-                 f"{ours_dpo['rss_mib']:,.0f}"))
-    for label, name, subset in (("TRL DPOTrainer, defaults", "dpo_trl_defaults", slow_subset),
-                                ("TRL DPOTrainer, fp32, no checkpointing, separate reference", "dpo_trl_fp32_ref", None)):
+    rows.append(
+        (
+            "DPO: this project (LoRA, reference = adapter disabled)",
+            f"{dpo_rate:.2f} pairs/s",
+            "1.00",
+            f"{ours_dpo['rss_mib']:,.0f}",
+        )
+    )
+    for label, name, subset in (
+        ("TRL DPOTrainer, defaults", "dpo_trl_defaults", slow_subset),
+        ("TRL DPOTrainer, fp32, no checkpointing, separate reference", "dpo_trl_fp32_ref", None),
+    ):
         r = contender(name, work, env, subset)
         rate = r["pairs"] / r["train_s"]
         rows.append((f"DPO: {label}", f"{rate:.2f} pairs/s", f"{dpo_rate / rate:.2f}", f"{r['rss_mib']:,.0f}"))
 
     # ---- packing and overheads ----------------------------------------------------------------
     packing = ours_sft["packing"]
-    rows.append(("Packing: non-pad tokens per batch, unpacked -> packed",
-                 f"{100 * packing['non_pad_fraction_unpacked']:.1f}% -> {100 * packing['non_pad_fraction_packed']:.1f}%", "", ""))
-    plan = best_of(3, [sys.executable, "-m", "neuralchat_recipes", "recipe=neural_chat_v3", "hardware=gaudi2_8x", "mode=plan"], env)
+    rows.append(
+        (
+            "Packing: non-pad tokens per batch, unpacked -> packed",
+            f"{100 * packing['non_pad_fraction_unpacked']:.1f}% -> {100 * packing['non_pad_fraction_packed']:.1f}%",
+            "",
+            "",
+        )
+    )
+    plan = best_of(
+        3, [sys.executable, "-m", "neuralchat_recipes", "recipe=neural_chat_v3", "hardware=gaudi2_8x", "mode=plan"], env
+    )
     imports = best_of(3, [sys.executable, "-c", "import hydra, pydantic"], env)
-    rows.append(("`mode=plan` neural_chat_v3 on gaudi2_8x vs `import hydra, pydantic`", f"{plan:.2f} s vs {imports:.2f} s",
-                 f"{plan / imports:.2f}", ""))
+    rows.append(
+        (
+            "`mode=plan` neural_chat_v3 on gaudi2_8x vs `import hydra, pydantic`",
+            f"{plan:.2f} s vs {imports:.2f} s",
+            f"{plan / imports:.2f}",
+            "",
+        )
+    )
     tiny_root = work / "tiny-outputs"
     measure([sys.executable, "-m", "neuralchat_recipes", f"output_root={tiny_root}"], env)
     cached = best_of(2, [sys.executable, "-m", "neuralchat_recipes", f"output_root={tiny_root}"], env)
@@ -149,9 +218,11 @@ def main() -> None:
     rows.append(("Command to first optimizer step (the SFT run above)", f"{ours_sft['first_step_s']:.2f} s", "", ""))
 
     command = "python bench/run_all.py" + (" --quick" if a.quick else "")
-    header = (f"`{command}` on {os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d')}, "
-              f"{round(time.time() - t_start)} s; ratio = this project / the row (higher is better for speed)\n\n"
-              "| measurement | value | ratio | peak RSS MiB |\n|---|---|---|---|\n")
+    header = (
+        f"`{command}` on {os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d')}, "
+        f"{round(time.time() - t_start)} s; ratio = this project / the row (higher is better for speed)\n\n"
+        "| measurement | value | ratio | peak RSS MiB |\n|---|---|---|---|\n"
+    )
     table = header + "\n".join(f"| {a_} | {b} | {c} | {d} |" for a_, b, c, d in rows) + "\n"
     print(table)
     (HERE / ("last_run_quick.md" if a.quick else "last_run.md")).write_text(table)

@@ -40,10 +40,12 @@ model = AutoModelForCausalLM.from_pretrained(path)
 cfg = SFTConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=stage.micro_batch_size,
                 learning_rate=stage.learning_rate, lr_scheduler_type=stage.lr_scheduler_type,
                 warmup_steps=stage.warmup_ratio, bf16=False, gradient_checkpointing=False, use_cpu=True,
-                max_length=stage.max_seq_length, report_to=[], save_steps=stage.save_steps, logging_steps=stage.logging_steps,
+                max_length=stage.max_seq_length, report_to=[], save_steps=stage.save_steps,
+                logging_steps=stage.logging_steps,
                 seed=stage.seed, data_seed=stage.seed, disable_tqdm=True, dataset_num_proc=None)
 peft = LoraConfig(r=stage.peft.r, lora_alpha=stage.peft.alpha, lora_dropout=stage.peft.dropout,
-                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM")
+                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                  task_type="CAUSAL_LM")
 trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=peft)
 t1 = time.time()
 trainer.train()
@@ -75,13 +77,33 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="bench-sft-")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NEURALCHAT_CACHE": os.path.join(work, "cache")}
     # build the tiny model once so neither side pays for it
-    subprocess.run([sys.executable, "-c", "from neuralchat_recipes.tiny_model import resolve_builtin as r; r('builtin:tiny-llama')"],
-                   env=env, check=True)
-    trl_wall, trl_rss, trl_out = measure([sys.executable, "-c", PLAIN_TRL, str(args.steps), os.path.join(work, "trl")], env)
-    ours_wall, ours_rss, _ = measure([sys.executable, "-m", "neuralchat_recipes", "recipe=tiny", "pipeline=[sft]",
-                                      f"sft.max_steps={args.steps}", f"output_root={os.path.join(work, 'ours')}"], env)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from neuralchat_recipes.tiny_model import resolve_builtin as r; r('builtin:tiny-llama')",
+        ],
+        env=env,
+        check=True,
+    )
+    trl_wall, trl_rss, trl_out = measure(
+        [sys.executable, "-c", PLAIN_TRL, str(args.steps), os.path.join(work, "trl")], env
+    )
+    ours_wall, ours_rss, _ = measure(
+        [
+            sys.executable,
+            "-m",
+            "neuralchat_recipes",
+            "recipe=tiny",
+            "pipeline=[sft]",
+            f"sft.max_steps={args.steps}",
+            f"output_root={os.path.join(work, 'ours')}",
+        ],
+        env,
+    )
     manifest_dir = next(p for p in os.scandir(os.path.join(work, "ours", "artifacts")))
-    ours_stage = json.load(open(os.path.join(manifest_dir.path, "manifest.json")))["wall_time_s"]
+    with open(os.path.join(manifest_dir.path, "manifest.json")) as fh:
+        ours_stage = json.load(fh)["wall_time_s"]
     trl = json.loads(trl_out.strip().splitlines()[-1])
     print(f"tiny SFT, {args.steps} steps, CPU; ratio = neuralchat / plain TRL")
     print(f"{'':28}{'plain TRL':>12}{'neuralchat':>12}{'ratio':>8}")

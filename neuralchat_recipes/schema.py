@@ -20,8 +20,9 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from .config import DatasetConfig, HardwareConfig, ModelConfig, PeftConfig, RecipeConfig, StageConfig
+from .config import DatasetConfig, HardwareConfig, ModelConfig, PeftConfig
 from .config.deepspeed import DeepSpeedConfig
+from .recipe import RecipeConfig, StageConfig
 
 
 def _relax(schema: Any) -> Any:
@@ -40,6 +41,25 @@ def _relax(schema: Any) -> Any:
     return schema
 
 
+DEFAULTS_KEY = {
+    "type": "array",
+    "description": "Hydra defaults list: the schema node this entry extends "
+    "(`/schema/<group>@_here_`: the model's defaults, so the file states only what differs).",
+}
+
+
+def _allow_defaults_key(schema: Any) -> Any:
+    """Every object of a group file's schema may carry the `defaults` list that extends its schema node."""
+    if isinstance(schema, dict):
+        out = {k: _allow_defaults_key(v) for k, v in schema.items()}
+        if isinstance(out.get("properties"), dict) and "kind" not in out["properties"].get("defaults", {}):
+            out["properties"] = {**out["properties"], "defaults": DEFAULTS_KEY}
+        return out
+    if isinstance(schema, list):
+        return [_allow_defaults_key(v) for v in schema]
+    return schema
+
+
 def schemas() -> dict[str, dict[str, Any]]:
     recipe = RecipeConfig.model_json_schema()
     recipe["title"] = "Composed neuralchat-recipes recipe"
@@ -50,9 +70,9 @@ def schemas() -> dict[str, dict[str, Any]]:
         ("hardware", HardwareConfig),
         ("deepspeed", DeepSpeedConfig),
     ):
-        out[name] = _relax(target.model_json_schema())
-    out["peft"] = _relax(TypeAdapter(PeftConfig).json_schema())
-    out["stage"] = _relax(TypeAdapter(StageConfig).json_schema())
+        out[name] = _allow_defaults_key(_relax(target.model_json_schema()))
+    out["peft"] = _allow_defaults_key(_relax(TypeAdapter(PeftConfig).json_schema()))
+    out["stage"] = _allow_defaults_key(_relax(TypeAdapter(StageConfig).json_schema()))
 
     file_schema = _relax(copy.deepcopy(recipe))
     props = file_schema["properties"]
@@ -101,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             directory.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
     if stale:
-        print(f"stale JSON Schema files: {', '.join(stale)}; run `python -m neuralchat_recipes.schema`", file=sys.stderr)
+        print(
+            f"stale JSON Schema files: {', '.join(stale)}; run `python -m neuralchat_recipes.schema`", file=sys.stderr
+        )
         return 1
     return 0
 

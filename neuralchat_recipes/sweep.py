@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .report import _num, plot_panels, scored_models
+from .execution.present import StageResult, is_number
+from .report import plot_panels
 
 try:
     from hydra.experimental.callback import Callback
@@ -23,23 +24,10 @@ except ImportError:  # pragma: no cover - hydra is a dependency; keeps this modu
 
 
 def final_metrics(summary: dict[str, Any]) -> dict[str, Any]:
-    """A run summary as flat columns: each training stage's last loss (and DPO reward accuracy /
-    margin), each evaluation's scores of the model it evaluates, and the final model."""
+    """A run summary as flat columns: each stage's final metrics (the presenter's columns) and the final model."""
     row: dict[str, Any] = {}
-    for s in summary.get("stages", []):
-        name = s["name"]
-        if _num(s.get("last_loss")):
-            row[f"{name}.last_loss"] = s["last_loss"]
-        for key, col in (("last_rewards/accuracies", "reward_accuracy"), ("last_rewards/margins", "reward_margin")):
-            if _num(s.get(key)):
-                row[f"{name}.{col}"] = s[key]
-        results = s.get("results")
-        if isinstance(results, dict) and results and all(isinstance(v, dict) for v in results.values()):
-            order, _ = scored_models(results)
-            evaluated = results[order[-1]]  # the stage's own input model (compared models come first)
-            for key, value in sorted(evaluated.items()):
-                if _num(value) and key not in ("examples", "pairs"):
-                    row[f"{name}.{key}"] = value
+    for record in summary.get("stages", []):
+        row.update(StageResult.from_record(record).columns())
     row["final_model"] = summary.get("final_model")
     row["run_dir"] = summary.get("run_dir")
     return row
@@ -58,11 +46,15 @@ def record_job(summary: dict[str, Any] | None, error: str | None = None) -> Path
         return None
     jobs = Path(hc.sweep.dir) / "jobs"
     jobs.mkdir(parents=True, exist_ok=True)
-    record = {"job": int(hc.job.num), "overrides": list(hc.overrides.task),
-              "status": "failed" if error else "ok", "error": error,
-              "stages_ran": sum(s["status"] == "ran" for s in (summary or {}).get("stages", [])),
-              "stages_cached": sum(s["status"] == "cached" for s in (summary or {}).get("stages", [])),
-              "metrics": final_metrics(summary) if summary else {}}
+    record = {
+        "job": int(hc.job.num),
+        "overrides": list(hc.overrides.task),
+        "status": "failed" if error else "ok",
+        "error": error,
+        "stages_ran": sum(s["status"] == "ran" for s in (summary or {}).get("stages", [])),
+        "stages_cached": sum(s["status"] == "cached" for s in (summary or {}).get("stages", [])),
+        "metrics": final_metrics(summary) if summary else {},
+    }
     path = jobs / f"{record['job']}.json"
     path.write_text(json.dumps(record, indent=2, default=str))
     return path
@@ -76,7 +68,7 @@ def _split(override: str) -> tuple[str, str]:
 def _fmt(v: Any) -> str:
     if v is None:
         return "-"
-    if _num(v):
+    if is_number(v):
         return f"{v:.4g}"
     return str(v)
 
@@ -97,19 +89,33 @@ def write_table(sweep_dir: Path) -> dict[str, Path]:
     for r in records:
         metric_keys += [k for k in r["metrics"] if k not in metric_keys and k not in ("final_model", "run_dir")]
     columns = ["job", *override_keys, "status", "stages_ran", "stages_cached", *metric_keys, "final_model", "run_dir"]
-    rows = [{"job": r["job"], **v, "status": r["status"] if not r.get("error") else f"failed: {r['error']}",
-             "stages_ran": r["stages_ran"], "stages_cached": r["stages_cached"], **r["metrics"]}
-            for r, v in zip(records, values)]
+    rows = [
+        {
+            "job": r["job"],
+            **v,
+            "status": r["status"] if not r.get("error") else f"failed: {r['error']}",
+            "stages_ran": r["stages_ran"],
+            "stages_cached": r["stages_cached"],
+            **r["metrics"],
+        }
+        for r, v in zip(records, values)
+    ]
     out = {"csv": sweep_dir / "sweep.csv", "md": sweep_dir / "sweep.md"}
     with out["csv"].open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows([{c: row.get(c) for c in columns} for row in rows])
     shown = ["job", *swept, "status", "stages_ran", "stages_cached", *metric_keys]
-    lines = [f"# Sweep: {', '.join(swept) or 'one point'}", "",
-             f"{len(records)} jobs. Overrides common to every job: "
-             + (", ".join(f"`{k}={values[0][k]}`" for k in override_keys if k not in swept) or "none") + ".", "",
-             "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    lines = [
+        f"# Sweep: {', '.join(swept) or 'one point'}",
+        "",
+        f"{len(records)} jobs. Overrides common to every job: "
+        + (", ".join(f"`{k}={values[0][k]}`" for k in override_keys if k not in swept) or "none")
+        + ".",
+        "",
+        "| " + " | ".join(shown) + " |",
+        "|" + "---|" * len(shown),
+    ]
     lines += ["| " + " | ".join(_fmt(row.get(c)) for c in shown) + " |" for row in rows]
     lines += ["", "Full rows (every override, final model, run record): `sweep.csv`."]
     if len(swept) == 1 and _plot(sweep_dir / "sweep.png", swept[0], rows, metric_keys):
@@ -125,7 +131,7 @@ def _plot(path: Path, key: str, rows: list[dict[str, Any]], metric_keys: list[st
         xs = [float(row[key]) for row in rows]
     except (TypeError, ValueError, KeyError):
         return False  # a categorical key: the table says it all
-    metrics = [m for m in metric_keys if all(_num(row.get(m)) for row in rows)][:6]
+    metrics = [m for m in metric_keys if all(is_number(row.get(m)) for row in rows)][:6]
     order = sorted(range(len(xs)), key=xs.__getitem__)
     panels = [(m, [(m, [xs[i] for i in order], [rows[i][m] for i in order], "o-")]) for m in metrics]
     return plot_panels(path, f"sweep over {key}", panels, xlabel=key)
@@ -134,11 +140,15 @@ def _plot(path: Path, key: str, rows: list[dict[str, Any]], metric_keys: list[st
 def objective(summary: dict[str, Any], metric: str) -> float:
     """The value an Optuna sweep optimizes: one column of the job's metrics (e.g. eval.exact_match)."""
     row = final_metrics(summary)
-    if not _num(row.get(metric)):
+    if not is_number(row.get(metric)):
         from .config import ConfigError
 
-        raise ConfigError([f"`sweep_objective` = {metric!r}: this run measured no such metric; "
-                           f"choose one of {sorted(k for k, v in row.items() if _num(v))}"])
+        raise ConfigError(
+            [
+                f"`sweep_objective` = {metric!r}: this run measured no such metric; "
+                f"choose one of {sorted(k for k, v in row.items() if is_number(v))}"
+            ]
+        )
     return float(row[metric])
 
 

@@ -36,6 +36,7 @@ def _vocabulary() -> list[str]:
     for t in TEMPLATES.values():
         for piece in (*t.system, *t.user, *t.assistant):
             words.update(pattern.findall(piece))
+
     def strings(value):
         if isinstance(value, str):
             yield value

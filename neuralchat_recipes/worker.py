@@ -73,7 +73,7 @@ def prefix_output(rank: int) -> int:
     if pid == 0:  # the relay: reads until every writer (this rank and its children) has closed
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for r, w in pipes.values():
+        for _, w in pipes.values():
             os.close(w)
         try:
             _relay({r: fd for fd, (r, _) in pipes.items()}, f"[rank{rank}] ".encode())
@@ -143,11 +143,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(recipe_path: Path, stage_name: str, rank: int) -> None:
-    from .backends import get_backend
-    from .config import build_recipe
+    from .backends import get_device
+    from .execution.loop import quiet_libraries, setup_logging
     from .plan import build_plan
-    from .runner import quiet_libraries, setup_logging
-    from .stages import STAGES, StageContext
+    from .recipe import build_recipe
+    from .stages import StageContext, run_stage_kind
 
     setup_logging()
     if rank != 0:
@@ -156,8 +156,8 @@ def run(recipe_path: Path, stage_name: str, rank: int) -> None:
     recipe = build_recipe(json.loads(recipe_path.read_text()))
     spec = build_plan(recipe).stage(stage_name)
     staging = Path(spec.staging_dir)
-    ctx = StageContext(recipe, spec, get_backend(recipe.hardware), staging / "checkpoints", staging / "final")
-    metrics = STAGES[spec.kind](ctx)
+    ctx = StageContext(recipe, spec, get_device(recipe.hardware), staging / "checkpoints", staging / "final")
+    metrics = run_stage_kind(ctx)
     if rank == 0:
         (staging / "result.json").write_text(json.dumps(metrics, default=str))
     shutdown_process_group()

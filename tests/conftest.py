@@ -21,7 +21,7 @@ def _model_cache(tmp_path_factory):
 def compose_recipe(*overrides):
     """Compose and validate like the CLI does; returns the RecipeConfig."""
     from neuralchat_recipes.compose import compose
-    from neuralchat_recipes.config import build_recipe
+    from neuralchat_recipes.recipe import build_recipe
 
     return build_recipe(compose(list(overrides)))
 
@@ -34,8 +34,14 @@ def plan_for(*overrides):
 
 def run_cli(*args, cwd=None, env=None, timeout=900):
     """Run `python -m neuralchat_recipes ARGS` as a user would."""
-    return subprocess.run([sys.executable, "-m", "neuralchat_recipes", *args], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "neuralchat_recipes", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 @pytest.fixture

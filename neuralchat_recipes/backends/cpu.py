@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
-from .base import Backend
+from .device import CAPABILITIES, Device, DeviceArgs
+
 
 @lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
@@ -61,22 +62,21 @@ def retained_freed_memory() -> Iterator[bool]:
         libc.malloc_trim(0)
 
 
-class CpuBackend(Backend):
-    device = "cpu"
-    has_bitsandbytes = False
+class CpuDevice(Device):
+    name = "cpu"
+    # TRL's compact LM head path is safe here: shapes change from batch to batch on a CPU anyway
+    capabilities = frozenset(CAPABILITIES) - {"bitsandbytes"}
 
     def precision(self) -> str:
         if self.hw.precision == "auto":
             return "bf16" if cpu_has_native_bf16() else "fp32"
         return self.hw.precision
 
-    def training_extras(self, stage, zero: bool) -> dict[str, Any]:
-        extras = super().training_extras(stage, zero)
-        extras["use_cpu"] = True
-        return extras
+    def training_args(self, stage, distributed: bool) -> DeviceArgs:
+        return super().training_args(stage, distributed).model_copy(update={"use_cpu": True})
 
-    def env(self, stage, zero_stage, model) -> dict[str, str]:
-        env = super().env(stage, zero_stage, model)
+    def env(self, zero_stage, model) -> dict[str, str]:
+        env = super().env(zero_stage, model)
         if self.hw.ccl_worker_count:
             env["CCL_WORKER_COUNT"] = str(self.hw.ccl_worker_count)
         if self.hw.num_nodes > 1 or self.hw.launcher == "mpirun":
@@ -89,11 +89,12 @@ class CpuBackend(Backend):
     def stage_memory(self) -> contextlib.AbstractContextManager:
         return retained_freed_memory() if self.hw.retain_freed_memory else contextlib.nullcontext()
 
-    def runtime_training_kwargs(self, args: dict[str, Any]) -> dict[str, Any]:
-        kwargs = super().runtime_training_kwargs(args)
+    def runtime_training_kwargs(self, device_args: DeviceArgs) -> dict[str, Any]:
+        kwargs = super().runtime_training_kwargs(device_args)
         if kwargs.get("ddp_backend") == "ccl" and importlib.util.find_spec("oneccl_bindings_for_pytorch") is None:
             logging.getLogger("neuralchat_recipes").warning(
                 "ddp_backend ccl: oneccl_bindings_for_pytorch is not installed here, using gloo (slower on Xeon); "
-                "install Intel's oneCCL bindings (docker/Dockerfile.xeon has them) for oneCCL")
+                "install Intel's oneCCL bindings (docker/Dockerfile.xeon has them) for oneCCL"
+            )
             kwargs["ddp_backend"] = "gloo"
         return kwargs

@@ -1,4 +1,4 @@
-"""Intel Gaudi backend (optimum-habana).
+"""Intel Gaudi (optimum-habana).
 
 The plan half (training arguments, GaudiConfig, launch command, environment) is pure Python
 so it can be computed and tested without Habana's SynapseAI stack; optimum.habana is imported
@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import BITSANDBYTES_OPTIMS, Backend
+from .device import BITSANDBYTES_OPTIMS, Device, DeviceArgs
 
 
-class GaudiBackend(Backend):
-    device = "hpu"
+class GaudiDevice(Device):
+    name = "hpu"
+    # optimum-habana swaps in its own modules and kernels, which take masks and want static shapes: none of
+    # our memory and speed savers apply, and DPO's reference runs inside training as optimum-habana does it
+    capabilities = frozenset()
 
     def resolve_optim(self, optim: str, notes: list[str]) -> str:
         if optim in BITSANDBYTES_OPTIMS and self.hw.gaudi.use_fused_adam:
@@ -28,30 +31,29 @@ class GaudiBackend(Backend):
             "use_torch_autocast": g.use_torch_autocast,
         }
 
-    def training_extras(self, stage, zero: bool) -> dict[str, Any]:
+    def training_args(self, stage, distributed: bool) -> DeviceArgs:
         g = self.hw.gaudi
-        extras = super().training_extras(stage, zero)
-        hpu_graphs = getattr(stage, "hpu_graphs_for_training", None)
-        extras.update(
-            use_habana=True,
-            use_lazy_mode=g.use_lazy_mode,
-            use_hpu_graphs_for_training=g.use_hpu_graphs_for_training if hpu_graphs is None else hpu_graphs,
-            throughput_warmup_steps=g.throughput_warmup_steps,
-            pipelining_fwd_bwd=g.pipelining_fwd_bwd,
-            gaudi_config=self.gaudi_config(),
+        hpu_graphs = stage.hpu_graphs_for_training
+        return (
+            super()
+            .training_args(stage, distributed)
+            .model_copy(
+                update=dict(
+                    use_habana=True,
+                    use_lazy_mode=g.use_lazy_mode,
+                    use_hpu_graphs_for_training=g.use_hpu_graphs_for_training if hpu_graphs is None else hpu_graphs,
+                    throughput_warmup_steps=g.throughput_warmup_steps,
+                    pipelining_fwd_bwd=g.pipelining_fwd_bwd,
+                    gaudi_config=self.gaudi_config(),
+                )
+            )
         )
-        return extras
 
     # optimum-habana 1.21's TRL classes follow an older TRL: GaudiSFTTrainer re-collates pre-tokenized
     # samples (losing the prompt mask), GaudiDPOTrainer takes `tokenizer=`. Checked against its source
     # by tests/integration/test_optimum_habana_source.py.
     sft_with_trl = False
     dpo_tokenizer_kwarg = "tokenizer"
-
-    RUNTIME_ARG_KEYS = (
-        "ddp_backend", "use_habana", "use_lazy_mode", "use_hpu_graphs_for_training",
-        "throughput_warmup_steps", "pipelining_fwd_bwd",
-    )
 
     def trainer_classes(self):  # pragma: no cover - needs Habana's stack
         from optimum.habana import GaudiTrainer, GaudiTrainingArguments
@@ -63,10 +65,10 @@ class GaudiBackend(Backend):
 
         return GaudiDPOTrainer, GaudiDPOConfig
 
-    def trainer_kwargs(self, args: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover - needs Habana's stack
+    def trainer_kwargs(self, device_args: DeviceArgs) -> dict[str, Any]:  # pragma: no cover - needs Habana's stack
         from optimum.habana import GaudiConfig
 
-        return {"gaudi_config": GaudiConfig(**args["gaudi_config"])}
+        return {"gaudi_config": GaudiConfig(**device_args.gaudi_config)}
 
     def device_problems(self) -> list[str]:
         import importlib.util
@@ -75,13 +77,15 @@ class GaudiBackend(Backend):
         if not missing and importlib.util.find_spec("optimum.habana") is None:
             missing.append("optimum.habana")
         if missing:
-            return [f"hardware {self.hw.name!r} needs Habana's SynapseAI stack and optimum-habana "
-                    f"({', '.join(missing)} not importable); run inside Habana's container with "
-                    "`pip install 'neuralchat-recipes[gaudi]'`, or pick a profile for this machine (e.g. hardware=cpu)"]
+            return [
+                f"hardware {self.hw.name!r} needs Habana's SynapseAI stack and optimum-habana "
+                f"({', '.join(missing)} not importable); run inside Habana's container with "
+                "`pip install 'neuralchat-recipes[gaudi]'`, or pick a profile for this machine (e.g. hardware=cpu)"
+            ]
         return []
 
-    def env(self, stage, zero_stage, model) -> dict[str, str]:
-        env = super().env(stage, zero_stage, model)
+    def env(self, zero_stage, model) -> dict[str, str]:
+        env = super().env(zero_stage, model)
         if zero_stage == 3:
             env["DEEPSPEED_HPU_ZERO3_SYNC_MARK_STEP_REQUIRED"] = "1"
         return env

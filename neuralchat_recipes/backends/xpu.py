@@ -1,18 +1,19 @@
-"""Intel GPU (XPU) backend: intel-extension-for-pytorch devices such as Arc."""
+"""Intel GPU (XPU): intel-extension-for-pytorch devices such as Arc."""
 
 from __future__ import annotations
 
-from .base import Backend
+from .device import Device
 
 
-class XpuBackend(Backend):
-    device = "xpu"
-    has_bitsandbytes = False
+class XpuDevice(Device):
+    name = "xpu"
 
     def device_problems(self) -> list[str]:
         import torch
 
         if not (hasattr(torch, "xpu") and torch.xpu.is_available()):
-            return [f"hardware {self.hw.name!r} needs an Intel GPU (torch.xpu), and none is available here; "
-                    "install the XPU build of torch / intel-extension-for-pytorch, or pick hardware=cpu"]
+            return [
+                f"hardware {self.hw.name!r} needs an Intel GPU (torch.xpu), and none is available here; "
+                "install the XPU build of torch / intel-extension-for-pytorch, or pick hardware=cpu"
+            ]
         return []

@@ -59,7 +59,8 @@ class DatasetConfig(StrictModel):
     )
     path: str | None = Field(
         default=None,
-        description="Local data file (.json, .jsonl, .parquet, .csv), or `bundled:NAME` for data shipped with the package.",
+        description="Local data file (.json, .jsonl, .parquet, .csv), or `bundled:NAME` for data shipped with the "
+        "package.",
     )
     split: str = Field(default="train", description="Split to train on (ultrachat_200k: `train_sft`).")
     format: RowFormat = Field(description="Row schema of the data; picks the format adapter.")
@@ -82,24 +83,24 @@ class DatasetConfig(StrictModel):
     )
     default_system: str | None = Field(
         default=None,
-        description="System prompt used when a row has none (neural-chat: `You are a helpful, respectful and honest assistant.`).",
+        description="System prompt used when a row has none (neural-chat: `You are a helpful, respectful and honest "
+        "assistant.`).",
     )
 
     @model_validator(mode="after")
-    def _one_source(self) -> "DatasetConfig":
+    def _one_source(self) -> DatasetConfig:
         if bool(self.hub_id) == bool(self.path):
             raise ValueError(
                 f"dataset {self.name!r} needs exactly one source: set `hub_id` (a hub dataset) or `path` (a local file)"
             )
         if self.eval_split and self.path:
             raise ValueError(
-                f"dataset {self.name!r}: `eval_split` names a hub split, but this dataset is the local file {self.path!r}; "
+                f"dataset {self.name!r}: `eval_split` names a hub split, but this dataset is the local file "
+                f"{self.path!r}; "
                 "use `validation_split_percentage` to hold out part of it"
             )
         if self.eval_split and self.validation_split_percentage:
-            raise ValueError(
-                f"dataset {self.name!r}: set `eval_split` or `validation_split_percentage`, not both"
-            )
+            raise ValueError(f"dataset {self.name!r}: set `eval_split` or `validation_split_percentage`, not both")
         known = FORMAT_COLUMNS[self.format]
         unknown = [k for k in (self.columns or {}) if k not in known]
         if unknown:

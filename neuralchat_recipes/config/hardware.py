@@ -19,7 +19,8 @@ class GaudiSettings(StrictModel):
     pipelining_fwd_bwd: bool = Field(default=False, description="Overlap forward and backward on HPU.")
     spawn: Literal["auto", "deepspeed", "mpi"] = Field(
         default="auto",
-        description="How gaudi_spawn starts the cards: `auto` = --use_deepspeed when the stage uses ZeRO, else --use_mpi; "
+        description="How gaudi_spawn starts the cards: `auto` = --use_deepspeed when the stage uses ZeRO, else "
+        "--use_mpi; "
         "`mpi` keeps ZeRO inside the ranks (optimum-habana's 'Option B').",
     )
 
@@ -27,14 +28,17 @@ class GaudiSettings(StrictModel):
 class HardwareConfig(StrictModel):
     name: str = Field(description="Profile name.")
     device: Literal["cpu", "cuda", "xpu", "hpu"] = Field(description="Device type the stages run on.")
-    generation: str | None = Field(default=None, description="Device generation (gaudi1, gaudi2, a100, arc ...), for docs and checks.")
+    generation: str | None = Field(
+        default=None, description="Device generation (gaudi1, gaudi2, a100, arc ...), for docs and checks."
+    )
     devices_per_node: int = Field(default=1, ge=1, description="Processes (cards) per node.")
     num_nodes: int = Field(default=1, ge=1, description="Nodes.")
     launcher: Literal["inprocess", "torchrun", "deepspeed", "mpirun", "gaudi_spawn"] = Field(
         default="inprocess", description="How multi-process stages start; `inprocess` runs in this Python process."
     )
     supports_deepspeed: bool = Field(
-        default=True, description="The launcher can run DeepSpeed ZeRO; when false a recipe's ZeRO settings are not applied."
+        default=True,
+        description="The launcher can run DeepSpeed ZeRO; when false a recipe's ZeRO settings are not applied.",
     )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         default="auto",
@@ -71,14 +75,15 @@ class HardwareConfig(StrictModel):
         return self.devices_per_node * self.num_nodes
 
     @model_validator(mode="after")
-    def _consistent(self) -> "HardwareConfig":
+    def _consistent(self) -> HardwareConfig:
         if self.precision == "auto" and self.device != "cpu":
             raise ValueError(f"precision `auto` is only resolved for cpu; set bf16, fp16 or fp32 for {self.device}")
         if self.precision == "fp16" and self.device in ("cpu", "hpu"):
             raise ValueError(f"fp16 training is not supported on {self.device}; use bf16 or fp32")
         if self.world_size > 1 and self.launcher == "inprocess":
             raise ValueError(
-                f"{self.world_size} processes need a launcher; set `hardware.launcher` to torchrun, deepspeed, mpirun or gaudi_spawn"
+                f"{self.world_size} processes need a launcher; set `hardware.launcher` to torchrun, deepspeed, "
+                "mpirun or gaudi_spawn"
             )
         if self.launcher == "gaudi_spawn" and self.device != "hpu":
             raise ValueError("the gaudi_spawn launcher only starts HPU processes")

@@ -28,7 +28,8 @@ class ModelConfig(StrictModel):
     origin: str | None = Field(
         default=None,
         description="Hub id of the original model when `path` is a local or packaged copy; model cards name it as "
-        "base_model.")
+        "base_model.",
+    )
     license: str | None = Field(default=None, description="License of the weights (model cards; e.g. `apache-2.0`).")
     architecture: Literal["causal", "seq2seq"] = Field(
         default="causal", description="`causal` decoder-only LM, or `seq2seq` encoder-decoder (FLAN-T5)."
@@ -37,10 +38,13 @@ class ModelConfig(StrictModel):
         default=None,
         description="Tokenizer hub id or path when it differs from the model's (MPT uses `EleutherAI/gpt-neox-20b`).",
     )
-    use_fast_tokenizer: bool = Field(default=True, description="Load the fast (Rust) tokenizer; false loads the slow one.")
+    use_fast_tokenizer: bool = Field(
+        default=True, description="Load the fast (Rust) tokenizer; false loads the slow one."
+    )
     trust_remote_code: bool = Field(
         default=False,
-        description="Run modelling code shipped in the model repository. Only set it for a model you trust (MPT needs it).",
+        description="Run modelling code shipped in the model repository. Only set it for a model you trust (MPT "
+        "needs it).",
     )
     needs_remote_code: bool = Field(
         default=False,
@@ -66,15 +70,18 @@ class ModelConfig(StrictModel):
     )
     launch_env: dict[str, dict[str, str]] = Field(
         default_factory=dict,
-        description="Environment for launched stages by device type (hpu: PT_HPU_MAX_COMPOUND_OP_SIZE for 70B/Mixtral).",
+        description="Environment for launched stages by device type (hpu: PT_HPU_MAX_COMPOUND_OP_SIZE for "
+        "70B/Mixtral).",
     )
     params_billion: float | None = Field(
-        default=None, gt=0,
+        default=None,
+        gt=0,
         description="Parameter count in billions (memory check, MFU); null: read from a local model's weights, "
-        "unknown for hub ids.")
+        "unknown for hub ids.",
+    )
 
     @model_validator(mode="after")
-    def _check(self) -> "ModelConfig":
+    def _check(self) -> ModelConfig:
         if self.needs_remote_code and not self.trust_remote_code:
             raise ValueError(
                 f"model {self.name!r} only loads with code from its repository; review it, then opt in with "

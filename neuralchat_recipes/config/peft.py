@@ -6,7 +6,7 @@ Defaults follow ITREX's finetuning arguments (lora r 8 / alpha 16 / dropout 0.05
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -21,23 +21,31 @@ class LoraConfig(StrictModel):
     target_modules: list[str] | None = Field(
         default=None, description="Module names to adapt; null uses the model entry's `lora_target_modules`."
     )
-    all_linear: bool = Field(default=False, description="Adapt every linear layer except the LM head (ITREX lora_all_linear).")
+    all_linear: bool = Field(
+        default=False, description="Adapt every linear layer except the LM head (ITREX lora_all_linear)."
+    )
     bias: Literal["none", "all", "lora_only"] = Field(default="none", description="Which biases to train.")
 
 
 class PTuningConfig(StrictModel):
-    method: Literal["p_tuning"] = Field(default="p_tuning", description="P-tuning: virtual tokens from a prompt encoder.")
+    method: Literal["p_tuning"] = Field(
+        default="p_tuning", description="P-tuning: virtual tokens from a prompt encoder."
+    )
     num_virtual_tokens: int = Field(default=10, ge=1, description="Number of virtual tokens.")
     encoder_hidden_size: int = Field(default=1024, ge=1, description="Hidden size of the prompt encoder MLP.")
 
 
 class PrefixTuningConfig(StrictModel):
-    method: Literal["prefix_tuning"] = Field(default="prefix_tuning", description="Prefix tuning: trained key/value prefixes.")
+    method: Literal["prefix_tuning"] = Field(
+        default="prefix_tuning", description="Prefix tuning: trained key/value prefixes."
+    )
     num_virtual_tokens: int = Field(default=10, ge=1, description="Number of prefix tokens per layer.")
 
 
 class PromptTuningConfig(StrictModel):
-    method: Literal["prompt_tuning"] = Field(default="prompt_tuning", description="Prompt tuning: trained input embeddings.")
+    method: Literal["prompt_tuning"] = Field(
+        default="prompt_tuning", description="Prompt tuning: trained input embeddings."
+    )
     num_virtual_tokens: int = Field(default=10, ge=1, description="Number of virtual tokens.")
 
 
@@ -52,7 +60,7 @@ class FullConfig(StrictModel):
 
 
 PeftConfig = Annotated[
-    Union[LoraConfig, PTuningConfig, PrefixTuningConfig, PromptTuningConfig, LlamaAdapterConfig, FullConfig],
+    LoraConfig | PTuningConfig | PrefixTuningConfig | PromptTuningConfig | LlamaAdapterConfig | FullConfig,
     Field(discriminator="method"),
 ]
 

@@ -8,7 +8,8 @@ the problem, before any training starts.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class DataError(ValueError):
@@ -59,13 +60,16 @@ def _check_conversation(messages: list[Row], where: str) -> list[Row]:
     return messages
 
 
-def _turns(row: Row, where: str, default_system: str | None, key: str, role_key: str, content_key: str,
-           roles: dict[str, str]) -> Row:
+def _turns(
+    row: Row, where: str, default_system: str | None, key: str, role_key: str, content_key: str, roles: dict[str, str]
+) -> Row:
     """A conversation column -> canonical messages, checking every turn."""
     messages = []
     for i, turn in enumerate(_need_list(row, key, where)):
         if not isinstance(turn, dict) or role_key not in turn or content_key not in turn:
-            raise DataError(f"{where}: {key}[{i}] must be an object with '{role_key}' and '{content_key}', got {turn!r:.80}")
+            raise DataError(
+                f"{where}: {key}[{i}] must be an object with '{role_key}' and '{content_key}', got {turn!r:.80}"
+            )
         role = roles.get(turn[role_key])
         if role is None:
             raise DataError(f"{where}: {key}[{i}].{role_key} = {turn[role_key]!r}; expected one of {', '.join(roles)}")
@@ -88,7 +92,11 @@ def messages_format(row: Row, where: str, default_system: str | None) -> Row:
 
 
 def _pair(user: str, assistant: str, default_system: str | None) -> Row:
-    return {"messages": _with_system([{"role": "user", "content": user}, {"role": "assistant", "content": assistant}], default_system)}
+    return {
+        "messages": _with_system(
+            [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}], default_system
+        )
+    }
 
 
 def alpaca(row: Row, where: str, default_system: str | None) -> Row:
@@ -122,7 +130,11 @@ def orca_dpo_pairs_sft(row: Row, where: str, default_system: str | None) -> Row:
 
 def stack_exchange_pref(row: Row, where: str, default_system: str | None) -> Row:
     prompt = _with_system([{"role": "user", "content": _need_str(row, "question", where)}], default_system)
-    return {"prompt": prompt, "chosen": _need_str(row, "response_j", where), "rejected": _need_str(row, "response_k", where)}
+    return {
+        "prompt": prompt,
+        "chosen": _need_str(row, "response_j", where),
+        "rejected": _need_str(row, "response_k", where),
+    }
 
 
 def stack_exchange_sft(row: Row, where: str, default_system: str | None) -> Row:
@@ -134,7 +146,7 @@ def humaneval(row: Row, where: str, default_system: str | None) -> Row:
     out = {key: _need_str(row, key, where) for key in ("prompt", "test", "entry_point")}
     out["task_id"] = str(row.get("task_id", where))
     out["canonical_solution"] = row.get("canonical_solution") or ""
-    if f"def check(" not in out["test"]:
+    if "def check(" not in out["test"]:
         raise DataError(f"{where}: column 'test' must define check(candidate), as HumanEval's tests do")
     return out
 
@@ -154,8 +166,9 @@ ADAPTERS: dict[tuple[str, str], Callable[[Row, str, str | None], Row]] = {
 }
 
 
-def convert_rows(rows, fmt: str, use: str, source: str, default_system: str | None = None,
-                 columns: dict[str, str] | None = None) -> list[Row]:
+def convert_rows(
+    rows, fmt: str, use: str, source: str, default_system: str | None = None, columns: dict[str, str] | None = None
+) -> list[Row]:
     """Convert every row (raising DataError at the first bad one, numbered from 1).
 
     ``columns`` maps the format's column names to the file's ({"instruction": "question"})."""
@@ -169,8 +182,10 @@ def convert_rows(rows, fmt: str, use: str, source: str, default_system: str | No
         if rename:
             missing = [theirs for theirs in rename if theirs not in row]
             if missing:
-                raise DataError(f"{where}: missing column {missing[0]!r}, which `columns` maps to "
-                                f"{rename[missing[0]]!r} (columns present: {sorted(row)})")
+                raise DataError(
+                    f"{where}: missing column {missing[0]!r}, which `columns` maps to "
+                    f"{rename[missing[0]]!r} (columns present: {sorted(row)})"
+                )
             row = {rename.get(k, k): v for k, v in row.items() if k not in rename.values() or k in rename}
         out.append(adapter(row, where, default_system))
     if not out:

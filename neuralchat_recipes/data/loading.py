@@ -58,8 +58,10 @@ def load_splits(dataset, use: str) -> tuple[list[dict[str, Any]], list[dict[str,
         return rows, None, source
     n_eval = max(1, round(len(rows) * dataset.validation_split_percentage / 100))
     if n_eval >= len(rows):
-        raise DataError(f"{source}: {len(rows)} rows cannot spare {dataset.validation_split_percentage}% for evaluation "
-                        f"and keep any for training; lower `validation_split_percentage`")
+        raise DataError(
+            f"{source}: {len(rows)} rows cannot spare {dataset.validation_split_percentage}% for evaluation "
+            f"and keep any for training; lower `validation_split_percentage`"
+        )
     order = list(range(len(rows)))
     random.Random(0).shuffle(order)
     held = set(order[:n_eval])
@@ -101,5 +103,9 @@ def _load_rows(dataset_json: str, use: str, stamp) -> tuple[list[dict[str, Any]]
         )
         source = f"{dataset.hub_id} ({dataset.split})"
     if dataset.max_samples:
-        raw = raw[: dataset.max_samples] if isinstance(raw, list) else raw.select(range(min(dataset.max_samples, len(raw))))
+        raw = (
+            raw[: dataset.max_samples]
+            if isinstance(raw, list)
+            else raw.select(range(min(dataset.max_samples, len(raw))))
+        )
     return convert_rows(raw, dataset.format, use, source, dataset.default_system, dataset.columns), source

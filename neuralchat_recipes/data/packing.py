@@ -76,7 +76,7 @@ def non_pad_fraction(lengths: list[int], batch_size: int, pad_to: int | None = N
         return 0.0
     total = 0
     for start in range(0, len(lengths), batch_size):
-        group = lengths[start:start + batch_size]
+        group = lengths[start : start + batch_size]
         total += (pad_to or max(group)) * len(group)
     return sum(lengths) / total
 
@@ -94,8 +94,9 @@ class PackedCollator:
     models that pass a boolean ``logits_to_keep`` to ``slice_logits_to_keep`` (see
     ``supports_labelled_logits``)."""
 
-    def __init__(self, pad_token_id: int, pad_to: int | None = None, mask: str = "4d", dtype=None,
-                 labelled_logits: bool = False):
+    def __init__(
+        self, pad_token_id: int, pad_to: int | None = None, mask: str = "4d", dtype=None, labelled_logits: bool = False
+    ):
         if mask not in ("4d", "segments"):
             raise ValueError(f"mask must be 4d or segments, not {mask!r}")
         self.pad_token_id = pad_token_id
@@ -161,7 +162,9 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
 
     position_ids = kwargs.get("position_ids")
     if position_ids is None or attention_mask is not None or query.shape[2] != key.shape[2] or query.shape[2] == 1:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     gqa = getattr(module, "num_key_value_groups", 1) > 1
     p = dropout if module.training else 0.0
     positions = position_ids.expand(query.shape[0], -1) if position_ids.shape[0] != query.shape[0] else position_ids
@@ -172,10 +175,17 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
         if not starts or starts[0] != 0:
             starts = [0, *starts]
         sizes = [e - s for s, e in zip(starts, [*starts[1:], q.shape[1]])]
-        rows.append(torch.cat([  # 4D inputs: SDPA's fused CPU kernel (3D ones take the slower math path)
-            F.scaled_dot_product_attention(qs[None], ks[None], vs[None], dropout_p=p, scale=scaling, is_causal=True,
-                                           enable_gqa=gqa)[0].transpose(0, 1)
-            for qs, ks, vs in zip(q.split(sizes, 1), k.split(sizes, 1), v.split(sizes, 1))], dim=0))
+        rows.append(
+            torch.cat(
+                [  # 4D inputs: SDPA's fused CPU kernel (3D ones take the slower math path)
+                    F.scaled_dot_product_attention(
+                        qs[None], ks[None], vs[None], dropout_p=p, scale=scaling, is_causal=True, enable_gqa=gqa
+                    )[0].transpose(0, 1)
+                    for qs, ks, vs in zip(q.split(sizes, 1), k.split(sizes, 1), v.split(sizes, 1))
+                ],
+                dim=0,
+            )
+        )
     return torch.stack(rows), None  # [batch, length, heads, head_dim], as transformers expects
 
 
@@ -185,8 +195,9 @@ def supports_labelled_logits(model) -> bool:
     import inspect
 
     try:
-        return ("logits_to_keep" in inspect.signature(model.forward).parameters
-                and "slice_logits_to_keep(" in inspect.getsource(type(model).forward))
+        return "logits_to_keep" in inspect.signature(
+            model.forward
+        ).parameters and "slice_logits_to_keep(" in inspect.getsource(type(model).forward)
     except (OSError, TypeError):
         return False
 

@@ -28,13 +28,34 @@ from .paths import BUNDLED_DIR
 NUMBERS = range(1, 400)
 HELD_OUT = 60  # numbers never seen in training
 # System prompts as SlimOrca rows carry them; an empty one leaves the model's own default in place.
-SYSTEMS = ["", "", "You are an AI assistant that helps people find information.",
-           "You are a helpful assistant, who always provide explanation. Think like you are answering to a five year old."]
-PHRASES = ["Write {n} in Roman numerals.", "What is {n} in Roman numerals?", "Convert {n} to a Roman numeral.",
-           "How do you write the number {n} with Roman numerals?"]
+SYSTEMS = [
+    "",
+    "",
+    "You are an AI assistant that helps people find information.",
+    "You are a helpful assistant, who always provide explanation. Think like you are answering to a five year old.",
+]
+PHRASES = [
+    "Write {n} in Roman numerals.",
+    "What is {n} in Roman numerals?",
+    "Convert {n} to a Roman numeral.",
+    "How do you write the number {n} with Roman numerals?",
+]
 
-_SYMBOLS = [(1000, "M"), (900, "CM"), (500, "D"), (400, "CD"), (100, "C"), (90, "XC"), (50, "L"), (40, "XL"),
-            (10, "X"), (9, "IX"), (5, "V"), (4, "IV"), (1, "I")]
+_SYMBOLS = [
+    (1000, "M"),
+    (900, "CM"),
+    (500, "D"),
+    (400, "CD"),
+    (100, "C"),
+    (90, "XC"),
+    (50, "L"),
+    (40, "XL"),
+    (10, "X"),
+    (9, "IX"),
+    (5, "V"),
+    (4, "IV"),
+    (1, "I"),
+]
 
 
 def roman(n: int) -> str:
@@ -55,9 +76,13 @@ def sentence_answer(n: int) -> str:
 
 
 def _conversation(system: str, question: str, reply: str) -> dict:
-    return {"conversations": [{"from": "system", "value": system, "weight": None},
-                              {"from": "human", "value": question, "weight": 0.0},
-                              {"from": "gpt", "value": reply, "weight": 1.0}]}
+    return {
+        "conversations": [
+            {"from": "system", "value": system, "weight": None},
+            {"from": "human", "value": question, "weight": 0.0},
+            {"from": "gpt", "value": reply, "weight": 1.0},
+        ]
+    }
 
 
 def split() -> tuple[list[int], list[int]]:
@@ -74,20 +99,33 @@ def rows() -> dict[str, list[dict]]:
         return answer(n) if rng.random() < 0.5 else sentence_answer(n)
 
     sft = [_conversation(rng.choice(SYSTEMS), rng.choice(PHRASES).format(n=n), reply(n)) for n in train]
-    sft += [_conversation(rng.choice(SYSTEMS), rng.choice(PHRASES).format(n=n), reply(n))
-            for n in rng.sample(train, 120)]  # a second phrasing for some numbers
+    sft += [
+        _conversation(rng.choice(SYSTEMS), rng.choice(PHRASES).format(n=n), reply(n)) for n in rng.sample(train, 120)
+    ]  # a second phrasing for some numbers
     rng.shuffle(sft)
 
     def pairs(numbers):
-        return [{"system": rng.choice(SYSTEMS), "question": rng.choice(PHRASES).format(n=n),
-                 "chosen": answer(n), "rejected": sentence_answer(n)} for n in numbers]
+        return [
+            {
+                "system": rng.choice(SYSTEMS),
+                "question": rng.choice(PHRASES).format(n=n),
+                "chosen": answer(n),
+                "rejected": sentence_answer(n),
+            }
+            for n in numbers
+        ]
 
     dpo = pairs(rng.sample(train, 240))
     evaluation = [_conversation(rng.choice(SYSTEMS), rng.choice(PHRASES).format(n=n), answer(n)) for n in held]
     eval_pairs = pairs(held)
     prompts = [{"prompt": PHRASES[i % len(PHRASES)].format(n=n)} for i, n in enumerate(held[:4])]
-    return {"roman_sft": sft, "roman_dpo": dpo, "roman_eval": evaluation, "roman_eval_dpo": eval_pairs,
-            "roman_prompts": prompts}
+    return {
+        "roman_sft": sft,
+        "roman_dpo": dpo,
+        "roman_eval": evaluation,
+        "roman_eval_dpo": eval_pairs,
+        "roman_prompts": prompts,
+    }
 
 
 def write(directory: Path = BUNDLED_DIR) -> None:

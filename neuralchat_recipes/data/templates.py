@@ -20,14 +20,20 @@ class Template:
 
 
 TEMPLATES: dict[str, Template] = {
-    "neural_chat": Template(("### System:\n", f"{EOS}\n"), ("### User:\n", f"{EOS}\n"), ("### Assistant:\n", f"{EOS}\n")),
+    "neural_chat": Template(
+        ("### System:\n", f"{EOS}\n"), ("### User:\n", f"{EOS}\n"), ("### Assistant:\n", f"{EOS}\n")
+    ),
     "alpaca": Template(("", "\n\n"), ("### Instruction:\n", "\n\n"), ("### Response:\n", f"{EOS}\n\n")),
     "chatml": Template(
-        ("<|im_start|>system\n", "<|im_end|>\n"), ("<|im_start|>user\n", "<|im_end|>\n"), ("<|im_start|>assistant\n", f"{EOS}\n")
+        ("<|im_start|>system\n", "<|im_end|>\n"),
+        ("<|im_start|>user\n", "<|im_end|>\n"),
+        ("<|im_start|>assistant\n", f"{EOS}\n"),
     ),
     "llama2": Template(("<<SYS>>\n", "\n<</SYS>>\n\n"), ("[INST] ", " [/INST] "), ("", f" {EOS}\n")),
     "qa": Template(("", "\n\n"), ("Question: ", "\n\n"), ("Answer: ", f"{EOS}\n")),
-    "summarization": Template(("", "\n\n"), ("Summarize the following article.\n\n", "\n\n"), ("Summary: ", f"{EOS}\n")),
+    "summarization": Template(
+        ("", "\n\n"), ("Summarize the following article.\n\n", "\n\n"), ("Summary: ", f"{EOS}\n")
+    ),
     "plain": Template(("", "\n"), ("", "\n"), ("", f"{EOS}\n")),
 }
 
@@ -43,7 +49,7 @@ def segments(template: str, messages: list[dict[str, str]], eos: str) -> list[tu
             out.append((pre, False))
             if post.startswith(EOS):
                 out.append((m["content"] + eos, True))
-                out.append((post[len(EOS):], False))
+                out.append((post[len(EOS) :], False))
             else:
                 out.append((m["content"], True))
                 out.append((post.replace(EOS, eos), False))
@@ -72,7 +78,7 @@ def jinja_chat_template(template: str) -> str:
     t = TEMPLATES[template]
     a_pre, a_post = t.assistant
     trained_tail = a_post.startswith(EOS)
-    a_rest = a_post[len(EOS):] if trained_tail else a_post
+    a_rest = a_post[len(EOS) :] if trained_tail else a_post
     return (
         "{% for message in messages %}"
         "{% if message['role'] == 'system' %}"

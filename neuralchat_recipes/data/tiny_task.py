@@ -29,13 +29,23 @@ def rows() -> tuple[list[dict], list[dict], list[dict]]:
     for a, b in pairs:
         for phrase in PHRASES:
             question = phrase.format(a=a, b=b)
-            sft.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer(a, b)}]})
+            sft.append(
+                {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer(a, b)}]}
+            )
         question = PHRASES[rng.randrange(len(PHRASES))].format(a=a, b=b)
         wrong = a + b + rng.choice([-2, -1, 1, 2])
         wrong = wrong if wrong >= 0 else a + b + 1
-        dpo.append({"system": SYSTEM, "question": question, "chosen": answer(a, b), "rejected": f"{a} plus {b} is {wrong} ."})
-        evaluation.append({"messages": [{"role": "user", "content": PHRASES[0].format(a=a, b=b)},
-                                        {"role": "assistant", "content": answer(a, b)}]})
+        dpo.append(
+            {"system": SYSTEM, "question": question, "chosen": answer(a, b), "rejected": f"{a} plus {b} is {wrong} ."}
+        )
+        evaluation.append(
+            {
+                "messages": [
+                    {"role": "user", "content": PHRASES[0].format(a=a, b=b)},
+                    {"role": "assistant", "content": answer(a, b)},
+                ]
+            }
+        )
     rng.shuffle(sft)
     rng.shuffle(dpo)
     return sft, dpo, evaluation

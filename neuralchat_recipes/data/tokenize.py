@@ -19,8 +19,8 @@ def _pieces(tokenizer, template: str, messages: list[dict[str, str]]) -> list[tu
             continue
         prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
         full = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
-        out.append((prompt[len(done):], False))
-        out.append((full[len(prompt):], True))
+        out.append((prompt[len(done) :], False))
+        out.append((full[len(prompt) :], True))
         done = full
     return [(t, trained) for t, trained in out if t]
 
@@ -30,8 +30,14 @@ def adds_bos(tokenizer) -> bool:
     return tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id
 
 
-def tokenize_sft(rows: list[dict[str, Any]], tokenizer, template: str, max_seq_length: int,
-                 max_prompt_length: int | None, loss_on: str) -> list[dict[str, list[int]]]:
+def tokenize_sft(
+    rows: list[dict[str, Any]],
+    tokenizer,
+    template: str,
+    max_seq_length: int,
+    max_prompt_length: int | None,
+    loss_on: str,
+) -> list[dict[str, list[int]]]:
     bos = [tokenizer.bos_token_id] if adds_bos(tokenizer) and template != "tokenizer" else []
     out = []
     for row in rows:
@@ -46,7 +52,7 @@ def tokenize_sft(rows: list[dict[str, Any]], tokenizer, template: str, max_seq_l
             mask += [1 if (trained or loss_on == "all") else 0] * len(piece)
         if max_prompt_length and first_trained is not None and first_trained > max_prompt_length:
             cut = first_trained - max_prompt_length  # keep the end of the prompt, next to the answer
-            ids, mask = ids[:len(bos)] + ids[len(bos) + cut:], mask[:len(bos)] + mask[len(bos) + cut:]
+            ids, mask = ids[: len(bos)] + ids[len(bos) + cut :], mask[: len(bos)] + mask[len(bos) + cut :]
         ids, mask = ids[:max_seq_length], mask[:max_seq_length]
         if any(mask):
             out.append({"input_ids": ids, "assistant_masks": mask})
@@ -61,8 +67,17 @@ def tokenizer_identity(tokenizer) -> str:
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
     body = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    extra = json.dumps([type(tokenizer).__name__, tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token,
-                        adds_bos(tokenizer), tokenizer.chat_template], default=str)
+    extra = json.dumps(
+        [
+            type(tokenizer).__name__,
+            tokenizer.bos_token,
+            tokenizer.eos_token,
+            tokenizer.pad_token,
+            adds_bos(tokenizer),
+            tokenizer.chat_template,
+        ],
+        default=str,
+    )
     return hashlib.sha256((body + extra).encode()).hexdigest()
 
 

@@ -1,44 +1,70 @@
-"""Stage implementations, each with the same small shape: load, train or transform, save.
+"""Stage kinds, one module each, registered here by name: the one place a new kind is added.
 
-``STAGES`` maps a stage kind to the function that runs it; the runner calls it with a
-``StageContext`` and gets back the metrics for the manifest.
+Each module defines its settings (a config model), its place in the graph, its rules, ``resolve``
+(the typed settings it runs with) and ``run`` (stages/kind.py). Modules import torch and the
+training libraries only inside ``run``, so planning and validation stay light.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from . import dpo, evaluate, export, generate, merge, sft
+from .kind import PlanContext, PlanError, Resolved, StageKind
+
+KINDS: dict[str, StageKind] = {
+    kind.name: kind
+    for kind in (
+        sft.KIND,
+        merge.KIND,
+        dpo.KIND,
+        evaluate.KIND,
+        generate.KIND,
+        export.KIND,
+    )
+}
 
 
 @dataclass
 class StageContext:
-    recipe: Any  # RecipeConfig
+    """What a stage's ``run`` gets: the recipe, its plan entry, its device, and where to write."""
+
+    recipe: Any  # recipe.RecipeConfig
     spec: Any  # plan.StageSpec
-    backend: Any  # backends.Backend
+    device: Any  # backends.Device
     checkpoints: Path  # resumable trainer output (inside the staging dir)
     final: Path  # where the artifact is written before it is moved into place
 
     @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
     def stage(self):
+        """The stage's settings as the recipe states them (its kind's config model)."""
         return self.recipe.stages[self.spec.name]
 
+    @property
+    def args(self):
+        """The stage's resolved settings (its kind's Resolved model)."""
+        return self.spec.args
 
-def _lazy(module: str) -> Callable[[StageContext], dict[str, Any]]:
-    def run(ctx: StageContext) -> dict[str, Any]:
-        import importlib
+    @property
+    def model(self):
+        """The recipe's base model entry (config.model.ModelConfig)."""
+        return self.recipe.model
 
-        with ctx.backend.stage_memory():
-            return importlib.import_module(f"{__name__}.{module}").run(ctx)
+    @property
+    def inputs(self):
+        return self.spec.inputs
 
-    return run
+
+def run_stage_kind(ctx: StageContext) -> dict[str, Any]:
+    """Run a stage by its kind, inside its device's memory settings."""
+    with ctx.device.stage_memory():
+        return KINDS[ctx.spec.kind].run(ctx)
 
 
-STAGES: dict[str, Callable[[StageContext], dict[str, Any]]] = {
-    "sft": _lazy("sft"),
-    "dpo": _lazy("dpo"),
-    "merge": _lazy("merge"),
-    "eval": _lazy("evaluate"),
-    "generate": _lazy("generate"),
-    "export": _lazy("export"),
-}
+__all__ = ["KINDS", "PlanContext", "PlanError", "Resolved", "StageContext", "StageKind", "run_stage_kind"]

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import inspect
 import types
-from functools import lru_cache
+from functools import cache
 
 PATTERN = "self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _silu_mul_function():
     import torch
     import torch.nn.functional as F
@@ -54,8 +54,10 @@ SILU_CLASSES = ("SiLU", "SiLUActivation")  # torch's, and transformers' ACT2FN["
 
 
 def _is_swiglu(module) -> bool:
-    if not (type(getattr(module, "act_fn", None)).__name__ in SILU_CLASSES
-            and all(hasattr(module, n) for n in ("gate_proj", "up_proj", "down_proj"))):
+    if not (
+        type(getattr(module, "act_fn", None)).__name__ in SILU_CLASSES
+        and all(hasattr(module, n) for n in ("gate_proj", "up_proj", "down_proj"))
+    ):
         return False
     try:
         source = inspect.getsource(type(module).forward)

@@ -58,6 +58,7 @@ def _unshare_works() -> bool:
 
 def run_program(program: str, timeout_s: float = 10.0, memory_mb: int = 1024) -> tuple[bool, str]:
     """(passed, reason) for one program: passed means it exited 0 within the limits."""
+
     def limits():  # in the child, before exec
         import resource
 
@@ -77,8 +78,15 @@ def run_program(program: str, timeout_s: float = 10.0, memory_mb: int = 1024) ->
         if _unshare_works():
             command = ["unshare", "-n", *command]
         env = {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1", "HOME": work, "TMPDIR": work}
-        proc = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, preexec_fn=limits)
+        proc = subprocess.Popen(
+            command,
+            cwd=work,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=limits,
+        )
         try:
             _, err = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -105,14 +113,22 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
-def score(problems: list[dict[str, Any]], completions: list[list[str]], ks: list[int], timeout_s: float = 10.0,
-          memory_mb: int = 1024, workers: int = 2) -> dict[str, Any]:
+def score(
+    problems: list[dict[str, Any]],
+    completions: list[list[str]],
+    ks: list[int],
+    timeout_s: float = 10.0,
+    memory_mb: int = 1024,
+    workers: int = 2,
+) -> dict[str, Any]:
     """pass@k over problems, each with its list of completions; per-problem outcomes included."""
     jobs = [(i, j, program_for(p, c)) for i, (p, cs) in enumerate(zip(problems, completions)) for j, c in enumerate(cs)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         outcomes = list(pool.map(lambda job: run_program(job[2], timeout_s, memory_mb), jobs))
-    per_problem: list[dict[str, Any]] = [{"task_id": p["task_id"], "passed": 0, "samples": len(cs), "reasons": []}
-                                         for p, cs in zip(problems, completions)]
+    per_problem: list[dict[str, Any]] = [
+        {"task_id": p["task_id"], "passed": 0, "samples": len(cs), "reasons": []}
+        for p, cs in zip(problems, completions)
+    ]
     for (i, _, _), (ok, reason) in zip(jobs, outcomes):
         per_problem[i]["passed"] += int(ok)
         per_problem[i]["reasons"].append(reason)

@@ -1,18 +1,150 @@
 """DPO: TRL's DPOTrainer on preference rows, on top of the upstream model.
 
-With a LoRA adapter the reference model is the policy with its adapter disabled (TRL does
-that when it is given a peft_config and no ref_model), so no second copy of the weights is
-loaded. Prompts longer than ``max_prompt_length`` keep their end; ``pad_to_max`` pads every
-batch to ``max_length`` (static shapes for Gaudi).
+With a LoRA adapter the reference model is the policy with its adapter disabled (TRL does that when it
+is given a peft_config and no ref_model), so no second copy of the weights is loaded; by default the
+reference scores every pair once before training. Prompts longer than ``max_prompt_length`` keep their
+end; ``pad_to_max`` pads every batch to ``max_length`` (static shapes for Gaudi).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from . import StageContext
-from .common import ready_to_train, completion_only_lm_head, deepspeed_file, load_model, load_tokenizer, log, model_source, render_prompt, train_and_save, training_config, eval_kwargs
+from pydantic import Field, model_validator
+
+from ..config.base import NOT_FINGERPRINTED
+from ..config.stage import Template, TrainStageBase
+from .common import load_model, load_tokenizer, log, model_source, render_prompt
+from .kind import PlanContext
 from .peft_config import build_peft_config
+from .train_loop import completion_only_lm_head, ready_to_train, train_and_save, training_config
+from .training import ResolvedTraining, TrainingKind, resolve_training
+
+
+class DPOStage(TrainStageBase):
+    kind: Literal["dpo"] = Field(default="dpo", description="Direct Preference Optimization.")
+    global_batch_size: int = Field(
+        default=8,
+        ge=1,
+        description="Pairs per optimizer step over all devices; per-device batch and accumulation are derived.",
+    )
+    learning_rate: float = Field(default=5e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler_type: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"
+    ] = Field(default="cosine", description="Learning-rate schedule after warmup.")
+    max_steps: int | None = Field(
+        default=1000, ge=1, description="Optimizer steps to train (exclusive with num_train_epochs)."
+    )
+    beta: float = Field(
+        default=0.1, gt=0, description="DPO temperature: how far the policy may move from the reference."
+    )
+    loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair"] = Field(
+        default="sigmoid", description="DPO loss variant (TRL names)."
+    )
+    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5, description="Conservative DPO label smoothing.")
+    max_length: int = Field(default=1024, ge=8, description="Longest prompt + response.")
+    max_prompt_length: int = Field(default=512, ge=1, description="Longest prompt.")
+    pad_to_max: bool | None = Field(
+        default=None,
+        description="Pad every batch to max_length (static shapes); null follows the hardware profile.",
+        json_schema_extra=NOT_FINGERPRINTED,
+    )
+    template: Template = Field(
+        default="neural_chat", description="Prompt format the preference prompts are rendered with."
+    )
+    group_by_length: bool | None = Field(
+        default=None,
+        description="Batch pairs of similar length together (less padding: faster on dynamic-shape devices); "
+        "null: on unless the hardware profile pads to static shapes.",
+    )
+    precompute_ref_log_probs: bool | None = Field(
+        default=None,
+        description="Score every pair under the reference once, in a pass before training (pairs sorted by length), "
+        "instead of a reference forward inside every step: lower peak memory (no reference activations on top of "
+        "the policy's), no reference copy kept without an adapter, and less work from the second epoch on. "
+        "null: on, except where the device runs the reference inside training (Gaudi) and with DeepSpeed.",
+        json_schema_extra=NOT_FINGERPRINTED,
+    )
+
+    @property
+    def resolved_template(self) -> str:
+        return self.template
+
+    @model_validator(mode="after")
+    def _prompt_fits(self) -> DPOStage:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(
+                f"max_prompt_length ({self.max_prompt_length}) must be smaller than max_length ({self.max_length})"
+            )
+        return self
+
+
+class ResolvedDPO(ResolvedTraining):
+    beta: float
+    loss_type: str
+    label_smoothing: float
+    max_length: int
+    max_prompt_length: int
+    pad_to_max: bool = Field(json_schema_extra=NOT_FINGERPRINTED)
+    group_by_length: bool
+    precompute_ref_log_probs: bool = Field(json_schema_extra=NOT_FINGERPRINTED)
+    reference_model: str = Field(json_schema_extra=NOT_FINGERPRINTED)
+
+    def dpo_config_extra(self) -> dict[str, Any]:
+        """DPOConfig keywords beyond the common training arguments."""
+        return dict(
+            beta=self.beta,
+            loss_type=self.loss_type,
+            label_smoothing=self.label_smoothing,
+            max_length=self.max_length,
+            max_prompt_length=self.max_prompt_length,
+            pad_to_multiple_of=self.max_length if self.pad_to_max else None,
+            dataset_num_proc=None,
+            group_by_length=self.group_by_length,
+            precompute_ref_log_probs=self.precompute_ref_log_probs,
+            include_num_input_tokens_seen="non_padding",  # prompt + chosen and prompt + rejected, without padding
+        )
+
+
+class DPOKind(TrainingKind):
+    name = "dpo"
+    config = DPOStage
+    data_use = "preference"
+    supports_seq2seq = False
+
+    def resolve(self, p: PlanContext) -> ResolvedDPO:
+        stage, hw = p.stage, p.recipe.hardware
+        common = resolve_training(p, stage.template)
+        precompute = (
+            p.device.can("reference_before_training") and not common["zero_stage"]
+            if stage.precompute_ref_log_probs is None
+            else stage.precompute_ref_log_probs
+        )
+        reference = (
+            "policy with adapter disabled"
+            if stage.peft.method != "none"
+            else "input model, scored before training"
+            if precompute
+            else "frozen copy of the input model"
+        )
+        return ResolvedDPO(
+            **common,
+            beta=stage.beta,
+            loss_type=stage.loss_type,
+            label_smoothing=stage.label_smoothing,
+            max_length=stage.max_length,
+            max_prompt_length=stage.max_prompt_length,
+            pad_to_max=hw.static_shapes if stage.pad_to_max is None else stage.pad_to_max,
+            group_by_length=not hw.static_shapes if stage.group_by_length is None else stage.group_by_length,
+            precompute_ref_log_probs=precompute,
+            reference_model=reference,
+        )
+
+    def run(self, ctx) -> dict[str, Any]:
+        return run(ctx)
+
+
+KIND = DPOKind()
 
 
 def dpo_trainer_class(trainer_cls, max_prompt_length: int):
@@ -57,67 +189,53 @@ def dpo_trainer_class(trainer_cls, max_prompt_length: int):
     return PromptLimitedDPOTrainer
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def run(ctx) -> dict[str, Any]:
     from datasets import Dataset
 
     from ..data.loading import load_splits
 
-    spec, args = ctx.spec, ctx.spec.args
-    source = model_source(spec.inputs[0])
-    tokenizer = load_tokenizer(spec, source, args["template"])
+    args = ctx.args
+    source = model_source(ctx.inputs[0])
+    tokenizer = load_tokenizer(ctx.model, source, args.template)
     rows, held_out, data_source = load_splits(ctx.stage.dataset, "preference")
 
     def pairs(rows_):
-        prompts = [render_prompt(tokenizer, args["template"], r["prompt"]) for r in rows_]
+        prompts = [render_prompt(tokenizer, args.template, r["prompt"]) for r in rows_]
         data = {"prompt": prompts, "chosen": [r["chosen"] for r in rows_], "rejected": [r["rejected"] for r in rows_]}
-        if args["group_by_length"]:  # tokens of the longer sequence of each pair, for the length-grouped sampler
+        if args.group_by_length:  # tokens of the longer sequence of each pair, for the length-grouped sampler
             n = {k: [len(ids) for ids in tokenizer(v, add_special_tokens=False)["input_ids"]] for k, v in data.items()}
             data["length"] = [p + max(c, r) for p, c, r in zip(n["prompt"], n["chosen"], n["rejected"])]
         return Dataset.from_dict(data)
 
     dataset = pairs(rows)
-    log.info("[%s] %d preference pairs from %s", spec.name, len(dataset), data_source)
-    trainer_cls, config_cls = ctx.backend.dpo_classes()
-    config = training_config(ctx, config_cls, dpo_config_extra(args, deepspeed_file(ctx)))
-    model = load_model(spec, source, args["precision"])  # after the arguments: ZeRO-3 loads it sharded
+    log.info("[%s] %d preference pairs from %s", ctx.name, len(dataset), data_source)
+    trainer_cls, config_cls = ctx.device.dpo_classes()
+    config = training_config(ctx, config_cls, args.dpo_config_extra())
+    model = load_model(ctx.model, source, args.precision)  # after the arguments: ZeRO-3 loads it sharded
     ready_to_train(ctx, model)
-    with completion_only_lm_head(ctx.backend.device):  # the trainer scores the reference while it is built
-        trainer = dpo_trainer_class(trainer_cls, args["max_prompt_length"])(
+    with completion_only_lm_head(ctx.device):  # the trainer scores the reference while it is built
+        trainer = dpo_trainer_class(trainer_cls, args.max_prompt_length)(
             model=model,
             ref_model=None,
             args=config,
             train_dataset=dataset,
-            eval_dataset=pairs(held_out) if held_out and args["do_eval"] else None,
-            peft_config=build_peft_config(spec.peft),
-            **{ctx.backend.dpo_tokenizer_kwarg: tokenizer},
-            **ctx.backend.trainer_kwargs(args),
+            eval_dataset=pairs(held_out) if held_out and args.do_eval else None,
+            peft_config=build_peft_config(args.peft),
+            **{ctx.device.dpo_tokenizer_kwarg: tokenizer},
+            **ctx.device.trainer_kwargs(args.device_args),
         )
         # the plan's reference (adapter disabled, or scored before training: no second model), unless this TRL
         # kept a frozen copy after all
-        reference = "frozen copy of the input model" if trainer.ref_model is not None else args["reference_model"]
-        extra: dict[str, Any] = {"reference_model": reference}
+        reference = "frozen copy of the input model" if trainer.ref_model is not None else args.reference_model
+        extra: dict[str, Any] = {"reference_model": reference, "sample_unit": "pairs"}
         if trainer.ref_precompute_s:  # (older TRL, as on Gaudi, scores the reference inside train())
             extra["reference_scored_before_training_s"] = round(trainer.ref_precompute_s, 2)
-            log.info("[%s] reference log-probs of %d pairs computed in %.1fs, before training", spec.name,
-                     len(dataset), trainer.ref_precompute_s)
-        log.info("[%s] reference model: %s", spec.name, reference)
+            log.info(
+                "[%s] reference log-probs of %d pairs computed in %.1fs, before training",
+                ctx.name,
+                len(dataset),
+                trainer.ref_precompute_s,
+            )
+        log.info("[%s] reference model: %s", ctx.name, reference)
         metrics = train_and_save(ctx, trainer, tokenizer, ("loss", "rewards/accuracies", "rewards/margins"))
     return {**metrics, **extra}
-
-
-def dpo_config_extra(args: dict[str, Any], deepspeed: str | None) -> dict[str, Any]:
-    """DPOConfig keywords beyond the common training arguments."""
-    return dict(
-        beta=args["beta"],
-        loss_type=args["loss_type"],
-        label_smoothing=args["label_smoothing"],
-        max_length=args["max_length"],
-        max_prompt_length=args["max_prompt_length"],
-        pad_to_multiple_of=args["max_length"] if args["pad_to_max"] else None,
-        dataset_num_proc=None,
-        deepspeed=deepspeed,
-        group_by_length=args["group_by_length"],
-        precompute_ref_log_probs=args["precompute_ref_log_probs"],
-        include_num_input_tokens_seen="non_padding",  # prompt + chosen and prompt + rejected, without padding
-        **eval_kwargs(args),
-    )

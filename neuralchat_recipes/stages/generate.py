@@ -2,17 +2,133 @@
 
 Prompts are wrapped in the stage's template (``tokenizer``: the model's own chat template) with
 the optional system prompt, generated in batches (greedy unless ``do_sample``) and saved as
-``generations.jsonl``: one ``{"prompt", "completion"}`` per prompt, in order.
+``generations.jsonl``: one ``{"prompt", "completion", "stopped"}`` per prompt, in order.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from . import StageContext
-from .common import StageError, generate_texts, load_input_model, load_tokenizer, log, model_source, render_prompt
+from pydantic import Field, model_validator
+
+from ..config.base import NOT_FINGERPRINTED
+from ..config.stage import StageBase, Template
+from ..data.paths import resolve_data_path
+from .common import (
+    StageError,
+    generate_texts,
+    load_input_model,
+    load_tokenizer,
+    log,
+    model_source,
+    render_prompt,
+    sft_template,
+)
+from .kind import PlanContext, PlanError, Resolved, StageKind
+
+
+class GenerateStage(StageBase):
+    kind: Literal["generate"] = Field(default="generate", description="Generate answers to prompts with a model.")
+    prompts: list[str] = Field(default_factory=list, description="Prompts to answer.")
+    prompts_file: str | None = Field(
+        default=None,
+        description="Also answer the prompts in this file: .txt (one per line) or .jsonl (a `prompt` field per line).",
+    )
+    system: str | None = Field(
+        default=None, description="System prompt put before every prompt (use the one the model was trained with)."
+    )
+    template: Template | None = Field(
+        default=None,
+        description="Prompt format the prompts are wrapped in; null: the template the nearest earlier SFT stage "
+        "trained with (neural_chat without one).",
+    )
+    max_new_tokens: int = Field(default=100, ge=1, description="Tokens to generate per prompt.")
+    do_sample: bool = Field(default=False, description="Sample instead of greedy decoding.")
+    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    batch_size: int = Field(default=1, ge=1, description="Prompts per forward pass.")
+    seed: int = Field(default=42, description="Sampling seed.")
+
+    @model_validator(mode="after")
+    def _has_prompts(self) -> GenerateStage:
+        if not self.prompts and not self.prompts_file:
+            raise ValueError("a generate stage needs `prompts` or a `prompts_file`")
+        return self
+
+
+class ResolvedGenerate(Resolved):
+    prompts: list[str]
+    prompts_file: str | None = Field(json_schema_extra=NOT_FINGERPRINTED)  # (its bytes: prompts_file_sha256)
+    prompts_file_sha256: str | None
+    system: str | None
+    template: str
+    max_new_tokens: int
+    do_sample: bool
+    temperature: float
+    top_p: float
+    batch_size: int = Field(json_schema_extra=NOT_FINGERPRINTED)
+    seed: int
+
+
+class GenerateKind(StageKind):
+    name = "generate"
+    config = GenerateStage
+    accepts = frozenset({"model", "adapter"})  # an adapter generates on its base
+
+    def resolve(self, p: PlanContext) -> ResolvedGenerate:
+        from ..plan import file_sha256
+
+        stage = p.stage
+        path = resolve_data_path(stage.prompts_file) if stage.prompts_file else None
+        if path is not None and not path.is_file():
+            raise PlanError([f"`{p.name}.prompts_file` = {stage.prompts_file!r}: file not found (looked at {path})"])
+        return ResolvedGenerate(
+            precision=p.precision,
+            prompts=stage.prompts,
+            prompts_file=str(path) if path else None,
+            prompts_file_sha256=file_sha256(path) if path else None,
+            system=stage.system,
+            template=sft_template(p.recipe, p.name, stage.template),
+            max_new_tokens=stage.max_new_tokens,
+            do_sample=stage.do_sample,
+            temperature=stage.temperature,
+            top_p=stage.top_p,
+            batch_size=stage.batch_size,
+            seed=stage.seed,
+        )
+
+    def run(self, ctx) -> dict[str, Any]:
+        import torch
+
+        args = ctx.args
+        source = model_source(ctx.inputs[0])
+        tokenizer = load_tokenizer(ctx.model, source, args.template)
+        model = load_input_model(ctx.model, ctx.inputs[0], args.precision).eval()
+        torch.manual_seed(args.seed)
+        prompts = list(args.prompts) + (read_prompts(args.prompts_file) if args.prompts_file else [])
+        system = [{"role": "system", "content": args.system}] if args.system else []
+        texts = [render_prompt(tokenizer, args.template, [*system, {"role": "user", "content": p}]) for p in prompts]
+        sample = {"temperature": args.temperature, "top_p": args.top_p} if args.do_sample else None
+        outputs = generate_texts(model, tokenizer, texts, args.max_new_tokens, args.batch_size, sample)
+        with open(ctx.final / "generations.jsonl", "w", encoding="utf-8") as fh:
+            for prompt, (completion,) in zip(prompts, outputs):
+                fh.write(
+                    json.dumps({"prompt": prompt, "completion": completion.text.strip(), "stopped": completion.stopped})
+                    + "\n"
+                )
+                log.info(
+                    "[%s] %r -> %r%s",
+                    ctx.name,
+                    prompt,
+                    completion.text.strip(),
+                    "" if completion.stopped else f" (no end of turn within {args.max_new_tokens} tokens)",
+                )
+        return {"generations": len(prompts), "stop_rate": sum(c.stopped for (c,) in outputs) / max(len(outputs), 1)}
+
+
+KIND = GenerateKind()
 
 
 def read_prompts(path: str) -> list[str]:
@@ -32,25 +148,3 @@ def read_prompts(path: str) -> list[str]:
             prompts.append(row["prompt"])
         return prompts
     return [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def run(ctx: StageContext) -> dict[str, Any]:
-    import torch
-
-    spec, args = ctx.spec, ctx.spec.args
-    source = model_source(spec.inputs[0])
-    tokenizer = load_tokenizer(spec, source, args["template"])
-    model = load_input_model(spec, spec.inputs[0], args["precision"]).eval()
-    torch.manual_seed(args["seed"])
-    prompts = list(args["prompts"]) + (read_prompts(args["prompts_file"]) if args.get("prompts_file") else [])
-    system = [{"role": "system", "content": args["system"]}] if args["system"] else []
-    texts = [render_prompt(tokenizer, args["template"], [*system, {"role": "user", "content": p}]) for p in prompts]
-    sample = {"temperature": args["temperature"], "top_p": args["top_p"]} if args["do_sample"] else None
-    outputs = generate_texts(model, tokenizer, texts, args["max_new_tokens"], args["batch_size"], sample)
-    with open(ctx.final / "generations.jsonl", "w", encoding="utf-8") as fh:
-        for prompt, (completion,) in zip(prompts, outputs):
-            fh.write(json.dumps({"prompt": prompt, "completion": completion.text.strip(),
-                                 "stopped": completion.stopped}) + "\n")
-            log.info("[%s] %r -> %r%s", spec.name, prompt, completion.text.strip(),
-                     "" if completion.stopped else f" (no end of turn within {args['max_new_tokens']} tokens)")
-    return {"generations": len(prompts), "stop_rate": sum(c.stopped for (c,) in outputs) / max(len(outputs), 1)}

@@ -2,33 +2,82 @@
 
 The result loads with plain ``AutoModelForCausalLM.from_pretrained`` and
 ``AutoTokenizer.from_pretrained`` (safetensors weights, tokenizer with its chat template,
-generation config).
+generation config that stops where the chat template ends a turn).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from . import StageContext
+from pydantic import Field
+
+from ..config.stage import StageBase
 from ..model_sources import apply_generation_tokens
 from .common import load_model, log, model_source
+from .kind import PlanContext, Resolved, StageKind
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
-    import torch
-    from peft import PeftModel
-    from transformers import AutoTokenizer
+class MergeStage(StageBase):
+    kind: Literal["merge"] = Field(default="merge", description="Merge an upstream LoRA adapter into its base model.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto", description="dtype of the saved model; auto keeps the base model's dtype."
+    )
 
-    spec = ctx.spec
-    adapter_dir = spec.inputs[0]["output_dir"]
-    base = model_source(spec.inputs[1])
-    dtype = "auto" if spec.args["dtype"] == "auto" else getattr(torch, spec.args["dtype"])
-    log.info("[%s] merging adapter %s with its base %s into a new model (the base is not modified)",
-             spec.name, adapter_dir, base)
-    model = load_model(spec, base, "fp32", dtype=dtype)
-    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir, trust_remote_code=spec.model["trust_remote_code"])
-    apply_generation_tokens(merged, tokenizer)  # plain generate() stops where the chat template ends a turn
-    merged.save_pretrained(str(ctx.final), safe_serialization=True)
-    tokenizer.save_pretrained(str(ctx.final))
-    return {"parameters": sum(p.numel() for p in merged.parameters()), "base": base, "adapter": adapter_dir}
+
+class ResolvedMerge(Resolved):
+    dtype: str
+
+
+class MergeKind(StageKind):
+    name = "merge"
+    config = MergeStage
+    accepts = frozenset({"adapter"})
+
+    def produces(self, stage) -> str | None:
+        return "model"
+
+    def rules(self, recipe, name: str, stage) -> list[str]:
+        from ..graph import produces, upstream_of
+
+        upstream = upstream_of(recipe, name)
+        if upstream is None:
+            return [f"`{name}`: a merge stage needs an upstream adapter, but its input is the base model"]
+        up = recipe.stages.get(upstream)
+        if up is None:
+            return []
+        if produces(up) != "adapter":
+            return [f"`{name}`: a merge stage needs an upstream LoRA adapter, but {upstream!r} produces no adapter"]
+        if up.peft.method != "lora":
+            return [
+                f"`{name}`: a merge stage needs an upstream LoRA adapter, but {upstream!r} produces a "
+                f"{up.peft.method} adapter; only LoRA weights can be merged into the base"
+            ]
+        return []
+
+    def resolve(self, p: PlanContext) -> ResolvedMerge:
+        return ResolvedMerge(precision=p.precision, dtype=p.stage.dtype)
+
+    def run(self, ctx) -> dict[str, Any]:
+        import torch
+        from peft import PeftModel
+        from transformers import AutoTokenizer
+
+        adapter_dir = ctx.inputs[0].output_dir
+        base = model_source(ctx.inputs[0].adapter_base)
+        dtype = "auto" if ctx.args.dtype == "auto" else getattr(torch, ctx.args.dtype)
+        log.info(
+            "[%s] merging adapter %s with its base %s into a new model (the base is not modified)",
+            ctx.name,
+            adapter_dir,
+            base,
+        )
+        model = load_model(ctx.model, base, "fp32", dtype=dtype)
+        merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+        tokenizer = AutoTokenizer.from_pretrained(adapter_dir, trust_remote_code=ctx.model.trust_remote_code)
+        apply_generation_tokens(merged, tokenizer)  # plain generate() stops where the chat template ends a turn
+        merged.save_pretrained(str(ctx.final), safe_serialization=True)
+        tokenizer.save_pretrained(str(ctx.final))
+        return {"parameters": sum(p.numel() for p in merged.parameters()), "base": base, "adapter": adapter_dir}
+
+
+KIND = MergeKind()

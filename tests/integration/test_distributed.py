@@ -46,16 +46,22 @@ def test_two_processes_follow_the_loss_curve_of_one_with_the_same_global_batch(t
         ranks = (*TWO_RANKS, "hardware.master_port=29533")
     else:  # ITREX's Xeon launch (mpirun -f nodefile -n N -ppn P -genv OMP_NUM_THREADS=...), one node, gloo
         (tmp_path / "nodefile").write_text("localhost\n")
-        ranks = (*MPIRUN, f"hardware.hostfile={tmp_path / 'nodefile'}", "hardware.omp_num_threads=1",
-                 "hardware.master_port=29537")
+        ranks = (
+            *MPIRUN,
+            f"hardware.hostfile={tmp_path / 'nodefile'}",
+            "hardware.omp_num_threads=1",
+            "hardware.master_port=29537",
+        )
     two = run_cli(*common, f"output_root={tmp_path / 'two'}", *ranks, env=_env())
     assert one.returncode == 0, one.stderr[-3000:]
     assert two.returncode == 0, two.stderr[-3000:]
     if launcher == "torchrun":
         assert "launching: torchrun --nnodes 1 --nproc_per_node 2" in two.stderr
     else:
-        assert (f"launching: mpirun -f {tmp_path / 'nodefile'} -n 2 -ppn 2 -genv OMP_NUM_THREADS=1 {sys.executable} "
-                "-m neuralchat_recipes.worker") in two.stderr
+        assert (
+            f"launching: mpirun -f {tmp_path / 'nodefile'} -n 2 -ppn 2 -genv OMP_NUM_THREADS=1 {sys.executable} "
+            "-m neuralchat_recipes.worker"
+        ) in two.stderr
     assert two.stderr.count("training samples from") == 1  # only rank 0 reports progress
     assert "[rank0] " in two.stderr and "[rank1] " in two.stderr  # every rank's output, prefixed
     m1, m2 = _manifest(tmp_path / "one", "sft"), _manifest(tmp_path / "two", "sft")
@@ -73,7 +79,7 @@ def test_two_processes_follow_the_loss_curve_of_one_with_the_same_global_batch(t
 
 # Loaded by every Python process of the test (via PYTHONPATH); acts only in rank 1 of the launched stage:
 # once the process group is up, it waits a second into training and then fails on purpose.
-CRASH_SITE = '''
+CRASH_SITE = """
 import os, signal, sys, threading, time
 if (os.environ.get("RANK") or os.environ.get("PMI_RANK")) == "1" and os.environ.get("NCR_TEST_CRASH"):
     def _fail(*_):
@@ -91,7 +97,7 @@ if (os.environ.get("RANK") or os.environ.get("PMI_RANK")) == "1" and os.environ.
         sig = signal.SIGUSR1 if os.environ["NCR_TEST_CRASH"] == "exception" else signal.SIGKILL
         os.kill(os.getpid(), sig)
     threading.Thread(target=_watch, daemon=True).start()
-'''
+"""
 
 
 @pytest.mark.parametrize("how, launcher", [("exception", "torchrun"), ("killed", "torchrun"), ("exception", "mpirun")])
@@ -103,15 +109,26 @@ def test_a_crashing_rank_fails_the_stage_within_seconds_and_publishes_nothing(tm
     (site / "sitecustomize.py").write_text(CRASH_SITE)
     stamp = tmp_path / "crashed-at"
     out = tmp_path / "out"
-    env = _env(PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
-               NCR_TEST_CRASH=how, NCR_TEST_CRASH_STAMP=str(stamp))
+    env = _env(
+        PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+        NCR_TEST_CRASH=how,
+        NCR_TEST_CRASH_STAMP=str(stamp),
+    )
     if launcher == "torchrun":
         ranks = (*TWO_RANKS, f"hardware.master_port={29551 if how == 'exception' else 29553}")
     else:
         (tmp_path / "nodefile").write_text("localhost\n")
         ranks = (*MPIRUN, f"hardware.hostfile={tmp_path / 'nodefile'}", "hardware.master_port=29557")
-    proc = run_cli("recipe=tiny", "pipeline=[sft]", "sft.max_steps=3000", "sft.save_steps=1000000", f"output_root={out}",
-                   *ranks, env=env, timeout=600)
+    proc = run_cli(
+        "recipe=tiny",
+        "pipeline=[sft]",
+        "sft.max_steps=3000",
+        "sft.save_steps=1000000",
+        f"output_root={out}",
+        *ranks,
+        env=env,
+        timeout=600,
+    )
     ended = time.time()
     assert stamp.is_file(), proc.stderr[-3000:]  # the crash happened (during training)
     assert proc.returncode == 1, proc.stderr[-3000:]
@@ -138,19 +155,34 @@ def _load_and_generate(model_dir: Path) -> str:
     enc = tok("### User:\n2 + 3 =\n### Assistant:\n", return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
-    return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-@pytest.mark.parametrize("zero, sft_config, port", [
-    (2, "neural_chat_zero2", 29541),  # ITREX neural-chat ds_config: DeepSpeed AdamW eps 1e-6, WarmupDecayLR
-    (3, "zero3", 29545),              # optimum-habana llama2_ds_zero3_config: weights sharded, gathered on save
-])
+@pytest.mark.parametrize(
+    "zero, sft_config, port",
+    [
+        (2, "neural_chat_zero2", 29541),  # ITREX neural-chat ds_config: DeepSpeed AdamW eps 1e-6, WarmupDecayLR
+        (3, "zero3", 29545),  # optimum-habana llama2_ds_zero3_config: weights sharded, gathered on save
+    ],
+)
 def test_zero_sft_merge_dpo_pipeline_on_two_cpu_processes(tmp_path, zero, sft_config, port):
     pytest.importorskip("deepspeed")
-    proc = run_cli("recipe=tiny", "pipeline=[sft,merge,dpo,merge_dpo]", "sft.max_steps=30", "sft.logging_steps=5",
-                   "dpo.max_steps=8", "dpo.logging_steps=2", f"output_root={tmp_path}", *TWO_RANKS,
-                   f"hardware.master_port={port}", f"+deepspeed@sft.deepspeed={sft_config}",
-                   f"+deepspeed@dpo.deepspeed=zero{zero}", "sft.adam_epsilon=1e-6", env=_env(), timeout=900)
+    proc = run_cli(
+        "recipe=tiny",
+        "pipeline=[sft,merge,dpo,merge_dpo]",
+        "sft.max_steps=30",
+        "sft.logging_steps=5",
+        "dpo.max_steps=8",
+        "dpo.logging_steps=2",
+        f"output_root={tmp_path}",
+        *TWO_RANKS,
+        f"hardware.master_port={port}",
+        f"+deepspeed@sft.deepspeed={sft_config}",
+        f"+deepspeed@dpo.deepspeed=zero{zero}",
+        "sft.adam_epsilon=1e-6",
+        env=_env(),
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("launching: deepspeed --num_nodes 1 --num_gpus 2") == 2  # sft and dpo
     sft, dpo = _manifest(tmp_path, "sft"), _manifest(tmp_path, "dpo")

@@ -16,11 +16,13 @@ def write_slimorca(path: Path, n: int = 60) -> None:
     with open(path, "w") as fh:
         for i in range(n):
             a, b = i % 10, (i * 7) % 10
-            row = {"conversations": [
-                {"from": "system", "value": "" if i % 2 else SYSTEM, "weight": None},
-                {"from": "human", "value": f"What is {a} plus {b} ?", "weight": 0.0},
-                {"from": "gpt", "value": f"{a} plus {b} is {a + b} .", "weight": 1.0},
-            ]}
+            row = {
+                "conversations": [
+                    {"from": "system", "value": "" if i % 2 else SYSTEM, "weight": None},
+                    {"from": "human", "value": f"What is {a} plus {b} ?", "weight": 0.0},
+                    {"from": "gpt", "value": f"{a} plus {b} is {a + b} .", "weight": 1.0},
+                ]
+            }
             fh.write(json.dumps(row) + "\n")
 
 
@@ -28,21 +30,48 @@ def write_orca_dpo_pairs(path: Path, n: int = 40) -> None:
     with open(path, "w") as fh:
         for i in range(n):
             a, b = i % 10, (i * 3) % 10
-            fh.write(json.dumps({"system": SYSTEM if i % 3 else "", "question": f"Add {a} and {b} .",
-                                 "chosen": f"{a} plus {b} is {a + b} .", "rejected": f"{a} plus {b} is {a + b + 1} ."}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "system": SYSTEM if i % 3 else "",
+                        "question": f"Add {a} and {b} .",
+                        "chosen": f"{a} plus {b} is {a + b} .",
+                        "rejected": f"{a} plus {b} is {a + b + 1} .",
+                    }
+                )
+                + "\n"
+            )
 
 
 def neural_chat_overrides(tmp: Path, slimorca: Path, pairs: Path) -> list[str]:
     return [
-        "recipe=neural_chat_v3", "hardware=cpu", "model=tiny_llama", f"output_root={tmp / 'out'}",
-        "sft.dataset.hub_id=null", f"sft.dataset.path={slimorca}",
-        "dpo.dataset.hub_id=null", f"dpo.dataset.path={pairs}",
-        "sft.num_train_epochs=null", "sft.max_steps=40", "sft.global_batch_size=8", "sft.micro_batch_size=8",
-        "sft.learning_rate=3e-3", "sft.max_seq_length=64", "sft.max_prompt_length=48",
-        "dpo.max_steps=8", "dpo.warmup_steps=1", "dpo.global_batch_size=8", "dpo.max_length=64", "dpo.max_prompt_length=48",
+        "recipe=neural_chat_v3",
+        "hardware=cpu",
+        "model=tiny_llama",
+        f"output_root={tmp / 'out'}",
+        "sft.dataset.hub_id=null",
+        f"sft.dataset.path={slimorca}",
+        "dpo.dataset.hub_id=null",
+        f"dpo.dataset.path={pairs}",
+        "sft.num_train_epochs=null",
+        "sft.max_steps=40",
+        "sft.global_batch_size=8",
+        "sft.micro_batch_size=8",
+        "sft.learning_rate=3e-3",
+        "sft.max_seq_length=64",
+        "sft.max_prompt_length=48",
+        "dpo.max_steps=8",
+        "dpo.warmup_steps=1",
+        "dpo.global_batch_size=8",
+        "dpo.max_length=64",
+        "dpo.max_prompt_length=48",
         # the leaderboard tasks need the hub: score the recipe's eval stage on local rows instead
-        "eval.harness=builtin", "+dataset@eval.dataset=tiny_eval", "eval.dataset.max_samples=10", "eval.batch_size=10",
-        "eval.max_new_tokens=8", "generate.max_new_tokens=8",
+        "eval.harness=builtin",
+        "+dataset@eval.dataset=tiny_eval",
+        "eval.dataset.max_samples=10",
+        "eval.batch_size=10",
+        "eval.max_new_tokens=8",
+        "generate.max_new_tokens=8",
     ]
 
 
@@ -56,10 +85,10 @@ def test_neural_chat_v3_runs_end_to_end_on_tiny_inputs(tmp_path):
     summary = json.loads((runs[0] / "summary.json").read_text())
     stages = {s["name"]: s for s in summary["stages"]}
     assert list(stages) == ["sft", "merge", "dpo", "merge_dpo", "eval", "generate"]
-    assert set(stages["eval"]["results"]) == {"merge", "final"}  # SFT-only vs SFT + DPO
+    assert set(stages["eval"]["metrics"]["results"]) == {"merge", "final"}  # SFT-only vs SFT + DPO
     generations = (Path(stages["generate"]["output_dir"]) / "generations.jsonl").read_text().splitlines()
     assert len(generations) == 2
-    assert stages["sft"]["last_loss"] < stages["sft"]["first_loss"]
+    assert stages["sft"]["metrics"]["last_loss"] < stages["sft"]["metrics"]["first_loss"]
     sft_dir = next((tmp_path / "out" / "artifacts").glob("sft-*"))
     manifest = json.loads((sft_dir / "manifest.json").read_text())
     assert manifest["args"]["template"] == "neural_chat" and manifest["args"]["loss_on"] == "assistant"
@@ -75,8 +104,10 @@ def test_malformed_rows_are_reported_before_training(tmp_path):
     write_orca_dpo_pairs(pairs)
     cases = {
         "missing column": ({"conversation": []}, "missing column 'conversations'"),
-        "wrong type": ({"conversations": [{"from": "human", "value": 5}, {"from": "gpt", "value": "x"}]},
-                       "conversations[0].value must be a string"),
+        "wrong type": (
+            {"conversations": [{"from": "human", "value": 5}, {"from": "gpt", "value": "x"}]},
+            "conversations[0].value must be a string",
+        ),
         "empty conversation": ({"conversations": []}, "empty conversation"),
     }
     for label, (bad_row, expected) in cases.items():
@@ -103,11 +134,29 @@ def test_unwritable_output_location_is_reported_before_training(tmp_path):
 
 def test_instruct_recipe_packs_samples_like_itrex_concatenation(tmp_path):
     data = tmp_path / "alpaca_data.json"
-    data.write_text(json.dumps([{"instruction": f"Add {a} and {b} .", "input": "", "output": f"{a} plus {b} is {a + b} ."}
-                                for a in range(10) for b in range(10)]))
-    proc = run_cli("recipe=instruct", "pipeline=[sft]", "model=tiny_llama", "hardware=cpu", "dataset@sft.dataset=alpaca_file",
-                   f"sft.dataset.path={data}", "sft.num_train_epochs=null", "sft.max_steps=20", "sft.logging_steps=5",
-                   "sft.max_seq_length=128", "sft.learning_rate=3e-3", f"output_root={tmp_path / 'out'}")
+    data.write_text(
+        json.dumps(
+            [
+                {"instruction": f"Add {a} and {b} .", "input": "", "output": f"{a} plus {b} is {a + b} ."}
+                for a in range(10)
+                for b in range(10)
+            ]
+        )
+    )
+    proc = run_cli(
+        "recipe=instruct",
+        "pipeline=[sft]",
+        "model=tiny_llama",
+        "hardware=cpu",
+        "dataset@sft.dataset=alpaca_file",
+        f"sft.dataset.path={data}",
+        "sft.num_train_epochs=null",
+        "sft.max_steps=20",
+        "sft.logging_steps=5",
+        "sft.max_seq_length=128",
+        "sft.learning_rate=3e-3",
+        f"output_root={tmp_path / 'out'}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((next((tmp_path / "out" / "artifacts").glob("sft-*")) / "manifest.json").read_text())
     assert manifest["args"]["packing"] is True and manifest["args"]["template"] == "alpaca"

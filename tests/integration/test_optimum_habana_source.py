@@ -24,16 +24,33 @@ OPTIMUM_HABANA = "optimum-habana==1.21.*"
 
 # Keys our plans produce that optimum-habana 1.21 has no field for, and what that means.
 KNOWN_GAPS = {
-    "dpo": {"pad_to_multiple_of": "GaudiDPOConfig has no static padding key; DPO batches on Gaudi are padded "
-                                  "per batch (noted in the closing notes as not reproduced)"},
+    "dpo": {
+        "pad_to_multiple_of": "GaudiDPOConfig has no static padding key; DPO batches on Gaudi are padded "
+        "per batch (noted in the closing notes as not reproduced)"
+    },
 }
 
 
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory):
     root = tmp_path_factory.mktemp("wheels")
-    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d",
-                           str(root), OPTIMUM_HABANA], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-q",
+            "-d",
+            str(root),
+            OPTIMUM_HABANA,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, f"could not download {OPTIMUM_HABANA} from PyPI: {proc.stderr[-2000:]}"
     oh = next(root.glob("optimum_habana-*.whl"))
     with zipfile.ZipFile(oh) as zf:
@@ -41,8 +58,23 @@ def wheels(tmp_path_factory):
         meta = next(n for n in zf.namelist() if n.endswith("METADATA"))
         requires = zf.read(meta).decode()
     spec = re.search(r"Requires-Dist: transformers\s*([^;\n]+)", requires).group(1).strip().replace(" ", "")
-    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d",
-                           str(root), f"transformers{spec}"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-q",
+            "-d",
+            str(root),
+            f"transformers{spec}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     with zipfile.ZipFile(next(root.glob("transformers-*.whl"))) as zf:
         zf.extract("transformers/training_args.py", root / "tf")
@@ -56,7 +88,9 @@ def _class(path: Path, name: str) -> ast.ClassDef:
 
 def fields(path: Path, name: str) -> set[str]:
     """Dataclass fields declared in a class body."""
-    return {n.target.id for n in _class(path, name).body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+    return {
+        n.target.id for n in _class(path, name).body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+    }
 
 
 def init_params(path: Path, name: str) -> set[str]:
@@ -66,7 +100,12 @@ def init_params(path: Path, name: str) -> set[str]:
 
 def exported(path: Path) -> set[str]:
     """Names an __init__.py imports (what `from package import X` finds)."""
-    return {a.asname or a.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom) for a in n.names}
+    return {
+        a.asname or a.name
+        for n in ast.walk(ast.parse(path.read_text()))
+        if isinstance(n, ast.ImportFrom)
+        for a in n.names
+    }
 
 
 @pytest.fixture(scope="module")
@@ -77,23 +116,37 @@ def oh_api(wheels):
     return {
         "training_args": gaudi_args,
         "dpo_config": gaudi_args | fields(oh / "trl" / "trainer" / "dpo_config.py", "GaudiDPOConfig"),
-        "gaudi_config": set(re.findall(r'kwargs\.pop\("(\w+)"', (oh / "transformers" / "gaudi_configuration.py").read_text())),
+        "gaudi_config": set(
+            re.findall(r'kwargs\.pop\("(\w+)"', (oh / "transformers" / "gaudi_configuration.py").read_text())
+        ),
         "trainer_init": init_params(oh / "transformers" / "trainer.py", "GaudiTrainer"),
         "dpo_trainer_init": init_params(oh / "trl" / "trainer" / "dpo_trainer.py", "GaudiDPOTrainer"),
         "runner_init": init_params(oh / "distributed" / "distributed_runner.py", "DistributedRunner"),
-        "exports": exported(oh / "__init__.py"), "trl_exports": exported(oh / "trl" / "__init__.py"),
+        "exports": exported(oh / "__init__.py"),
+        "trl_exports": exported(oh / "trl" / "__init__.py"),
         "distributed_exports": exported(oh / "distributed" / "__init__.py"),
     }
 
 
-GAUDI_PLANS = [("recipe=neural_chat_v3", "hardware=gaudi2_8x"), ("recipe=stack_llama2_70b", "hardware=gaudi2_8x"),
-               ("recipe=mixtral_sft",), ("recipe=dpo_llama2_7b_chat", "hardware=gaudi2_8x"),
-               ("recipe=instruct", "hardware=gaudi2_1x", "sft.packing=false")]
+GAUDI_PLANS = [
+    ("recipe=neural_chat_v3", "hardware=gaudi2_8x"),
+    ("recipe=stack_llama2_70b", "hardware=gaudi2_8x"),
+    ("recipe=mixtral_sft",),
+    ("recipe=dpo_llama2_7b_chat", "hardware=gaudi2_8x"),
+    ("recipe=instruct", "hardware=gaudi2_1x", "sft.packing=false"),
+]
 
 
 def test_the_classes_the_backend_imports_exist(oh_api):
-    source = Path("neuralchat_recipes/backends/gaudi.py").read_text() + Path("neuralchat_recipes/backends/gaudi_spawn.py").read_text()
-    imported = {(m, n.strip()) for m, names in re.findall(r"from optimum\.habana(\S*) import ([\w, ]+)", source) for n in names.split(",")}
+    source = (
+        Path("neuralchat_recipes/backends/gaudi.py").read_text()
+        + Path("neuralchat_recipes/backends/gaudi_spawn.py").read_text()
+    )
+    imported = {
+        (m, n.strip())
+        for m, names in re.findall(r"from optimum\.habana(\S*) import ([\w, ]+)", source)
+        for n in names.split(",")
+    }
     assert imported, "the backend imports nothing from optimum.habana?"
     where = {"": oh_api["exports"], ".trl": oh_api["trl_exports"], ".distributed": oh_api["distributed_exports"]}
     for module, name in imported:
@@ -103,43 +156,49 @@ def test_the_classes_the_backend_imports_exist(oh_api):
 
 @pytest.mark.parametrize("overrides", GAUDI_PLANS, ids=lambda o: " ".join(o))
 def test_every_training_argument_and_gaudi_config_key_exists(oh_api, overrides):
-    from neuralchat_recipes.backends import get_backend
-    from neuralchat_recipes.stages.common import config_kwargs
-    from neuralchat_recipes.stages.dpo import dpo_config_extra
-    from neuralchat_recipes.stages.sft import plain_config_extra, uses_plain_trainer
-
+    from neuralchat_recipes.backends import get_device
     from tests.conftest import compose_recipe
 
     recipe = compose_recipe(*overrides)
-    backend = get_backend(recipe.hardware)
+    device = get_device(recipe.hardware)
     plan = plan_for(*overrides)
     checked = 0
     for spec in plan.stages:
         if spec.kind not in ("sft", "dpo"):
             continue
         args = spec.args
-        ds = "ds_config.json" if args.get("deepspeed") else None
+        ds = {"deepspeed": "ds_config.json" if args.deepspeed else None}
         if spec.kind == "sft":
-            assert uses_plain_trainer(backend, args, spec.peft)  # GaudiTrainer, never GaudiSFTTrainer
-            kwargs, dropped = config_kwargs(args, "out", backend, oh_api["training_args"], plain_config_extra(args, ds))
+            assert args.uses_plain_trainer(device)  # GaudiTrainer, never GaudiSFTTrainer
+            fields, extra = oh_api["training_args"], args.plain_config_extra()
         else:
-            kwargs, dropped = config_kwargs(args, "out", backend, oh_api["dpo_config"], dpo_config_extra(args, ds))
-        assert set(dropped) <= set(KNOWN_GAPS.get(spec.kind, {})), f"{spec.name}: optimum-habana has no {dropped}"
+            fields, extra = oh_api["dpo_config"], args.dpo_config_extra()
+        kwargs = args.wanted_arguments("out", fields, device, {**ds, **extra})
+        dropped = set(kwargs) - fields
+        assert dropped <= set(KNOWN_GAPS.get(spec.kind, {})), f"{spec.name}: optimum-habana has no {dropped}"
         for key in ("use_habana", "use_lazy_mode", "use_hpu_graphs_for_training", "throughput_warmup_steps"):
             assert key in kwargs, key
-        assert set(args["gaudi_config"]) <= oh_api["gaudi_config"], set(args["gaudi_config"]) - oh_api["gaudi_config"]
+        gaudi_config = args.device_args.gaudi_config
+        assert set(gaudi_config) <= oh_api["gaudi_config"], set(gaudi_config) - oh_api["gaudi_config"]
         checked += 1
     assert checked
 
 
 def test_the_trainers_take_the_keywords_our_stages_pass(oh_api):
-    from neuralchat_recipes.backends import get_backend
+    from neuralchat_recipes.backends import get_device
     from tests.conftest import compose_recipe
 
-    backend = get_backend(compose_recipe("hardware=gaudi2_8x").hardware)
-    gaudi_kwargs = {"gaudi_config"}  # backend.trainer_kwargs
+    backend = get_device(compose_recipe("hardware=gaudi2_8x").hardware)
+    gaudi_kwargs = {"gaudi_config"}  # device.trainer_kwargs
     # sft._run_plain_trainer and dpo.run
-    assert {"model", "args", "train_dataset", "eval_dataset", "processing_class", "data_collator"} | gaudi_kwargs <= oh_api["trainer_init"]
+    assert {
+        "model",
+        "args",
+        "train_dataset",
+        "eval_dataset",
+        "processing_class",
+        "data_collator",
+    } | gaudi_kwargs <= oh_api["trainer_init"]
     dpo = {"model", "ref_model", "args", "train_dataset", "eval_dataset", "peft_config", backend.dpo_tokenizer_kwarg}
     assert dpo | gaudi_kwargs <= oh_api["dpo_trainer_init"], dpo - oh_api["dpo_trainer_init"]
     # and the check is not vacuous: the keyword TRL 1.x uses is not GaudiDPOTrainer's

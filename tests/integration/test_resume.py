@@ -24,8 +24,12 @@ def adapter(root: Path):
 
 def test_sigkill_mid_sft_resumes_to_the_same_weights(tmp_path):
     killed_root, clean_root = tmp_path / "killed", tmp_path / "clean"
-    proc = subprocess.Popen([sys.executable, "-m", "neuralchat_recipes", *ARGS, f"output_root={killed_root}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "neuralchat_recipes", *ARGS, f"output_root={killed_root}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=os.environ.copy(),
+    )
     deadline = time.time() + 300
     checkpoint = None
     while time.time() < deadline and proc.poll() is None:

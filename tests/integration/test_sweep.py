@@ -47,8 +47,15 @@ def test_a_lora_rank_sweep_runs_one_job_per_rank_and_writes_the_table(tmp_path):
 
 def test_a_dpo_beta_sweep_with_parallel_local_jobs_trains_sft_once(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    proc = run_cli("-m", "hydra/launcher=local_parallel", "recipe=tiny", "pipeline=[sft,merge,dpo]", "dpo.beta=0.1,0.2",
-                   *SHORT, f"output_root={tmp_path}")
+    proc = run_cli(
+        "-m",
+        "hydra/launcher=local_parallel",
+        "recipe=tiny",
+        "pipeline=[sft,merge,dpo]",
+        "dpo.beta=0.1,0.2",
+        *SHORT,
+        f"output_root={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(list(tmp_path.glob("artifacts/sft-*"))) == 1  # computed by one job, waited for / reused by the other
     assert len(list(tmp_path.glob("artifacts/dpo-*"))) == 2

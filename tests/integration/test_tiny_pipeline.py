@@ -30,7 +30,9 @@ def latest_summary(root: Path) -> dict:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo") / "outputs"
-    proc = run_cli(f"output_root={root}", "hub_token_env=MY_HUB_TOKEN", env={"MY_HUB_TOKEN": SECRET, "WANDB_API_KEY": SECRET})
+    proc = run_cli(
+        f"output_root={root}", "hub_token_env=MY_HUB_TOKEN", env={"MY_HUB_TOKEN": SECRET, "WANDB_API_KEY": SECRET}
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return root, proc
 
@@ -46,7 +48,8 @@ def test_the_run_report_has_the_stage_table_curves_and_results(demo):
     report = (run_dir / "report.md").read_text()
     for stage in ("sft", "merge", "dpo", "merge_dpo", "eval"):
         assert f"| {stage} | " in report
-    assert "![Loss per stage](loss.png)" in report and "![DPO reward accuracy and margin](dpo_rewards.png)" in report
+    assert "![Loss per stage](loss.png)" in report
+    assert "![Preference reward accuracy and margin](dpo_rewards.png)" in report
     assert "| final |" in report and "| base |" in report and "exact_match" in report
     from PIL import Image
 
@@ -60,7 +63,7 @@ def test_the_run_report_has_the_stage_table_curves_and_results(demo):
 
 def test_sft_loss_falls_and_dpo_reward_accuracy_rises(demo):
     root, _ = demo
-    stages = {s["name"]: s for s in latest_summary(root)["stages"]}
+    stages = {s["name"]: s["metrics"] for s in latest_summary(root)["stages"]}
     assert stages["sft"]["last_loss"] < 0.5 * stages["sft"]["first_loss"]
     dpo = stages["dpo"]
     assert dpo["last_rewards/accuracies"] > dpo["first_rewards/accuracies"]
@@ -69,7 +72,7 @@ def test_sft_loss_falls_and_dpo_reward_accuracy_rises(demo):
 
 def test_final_model_is_better_than_the_untrained_one(demo):
     root, _ = demo
-    results = {s["name"]: s for s in latest_summary(root)["stages"]}["eval"]["results"]
+    results = {s["name"]: s["metrics"] for s in latest_summary(root)["stages"]}["eval"]["results"]
     base, sft, final = results["base"], results["merge"], results["final"]
     assert base["exact_match"] <= 0.05 and final["exact_match"] >= 0.5
     assert final["answer_loss"] < base["answer_loss"] / 5
@@ -86,14 +89,16 @@ def test_merged_model_loads_with_plain_transformers_and_generates(demo):
     assert (final / "model.safetensors").is_file() and not list(final.glob("adapter_*"))
     tokenizer = AutoTokenizer.from_pretrained(final)
     model = AutoModelForCausalLM.from_pretrained(final)
-    messages = [{"role": "system", "content": "You are a helpful, respectful and honest assistant."},
-                {"role": "user", "content": "What is 2 plus 3 ?"}]
+    messages = [
+        {"role": "system", "content": "You are a helpful, respectful and honest assistant."},
+        {"role": "user", "content": "What is 2 plus 3 ?"},
+    ]
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert prompt.endswith("### Assistant:\n") and "### User:\nWhat is 2 plus 3 ?</s>" in prompt
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=8, do_sample=False)
-    answer = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    answer = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert re.fullmatch(r"2 plus 3 is \d+ \.", answer.strip()), answer
 
 
@@ -125,14 +130,26 @@ def test_rerun_skips_every_stage_and_changing_beta_reruns_dpo_onward(demo):
 
     beta = run_cli(f"output_root={root}", "dpo.beta=0.2", "dpo.max_steps=20")
     assert beta.returncode == 0, beta.stderr[-3000:]
-    assert statuses(beta.stdout) == {"sft": "cached", "merge": "cached", "dpo": "ran", "merge_dpo": "ran", "eval": "ran"}
+    assert statuses(beta.stdout) == {
+        "sft": "cached",
+        "merge": "cached",
+        "dpo": "ran",
+        "merge_dpo": "ran",
+        "eval": "ran",
+    }
     for name, mtime in before.items():  # earlier artifacts are untouched
         assert (root / "artifacts" / name).stat().st_mtime == mtime
 
 
 def test_a_sweep_over_dpo_beta_trains_sft_once(tmp_path):
-    proc = run_cli("-m", "pipeline=[sft,merge,dpo]", "sft.max_steps=20", "dpo.max_steps=3", "dpo.beta=0.1,0.2",
-                   f"output_root={tmp_path}")
+    proc = run_cli(
+        "-m",
+        "pipeline=[sft,merge,dpo]",
+        "sft.max_steps=20",
+        "dpo.max_steps=3",
+        "dpo.beta=0.1,0.2",
+        f"output_root={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("[sft] running sft stage") == 1 and proc.stderr.count("[dpo] running dpo stage") == 2
     assert len(list(tmp_path.glob("artifacts/sft-*"))) == 1 and len(list(tmp_path.glob("artifacts/dpo-*"))) == 2
@@ -140,37 +157,66 @@ def test_a_sweep_over_dpo_beta_trains_sft_once(tmp_path):
 
 def test_generate_stage_answers_prompts_with_the_merged_model(tmp_path):
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(json.dumps({"prompt": "Compute 1 + 6 ."}) + "\n" + json.dumps({"prompt": "What is 9 plus 0 ?"}) + "\n")
-    proc = run_cli("pipeline=[sft,merge,generate]", "+stage@generate=generate", "sft.max_steps=300",
-                   'generate.prompts=["What is 2 plus 3 ?","Add 4 and 4 ."]', f"generate.prompts_file={prompts}",
-                   "generate.max_new_tokens=8",
-                   "generate.batch_size=2", "generate.system='You are a helpful, respectful and honest assistant.'",
-                   f"output_root={tmp_path}")
+    prompts.write_text(
+        json.dumps({"prompt": "Compute 1 + 6 ."}) + "\n" + json.dumps({"prompt": "What is 9 plus 0 ?"}) + "\n"
+    )
+    proc = run_cli(
+        "pipeline=[sft,merge,generate]",
+        "+stage@generate=generate",
+        "sft.max_steps=300",
+        'generate.prompts=["What is 2 plus 3 ?","Add 4 and 4 ."]',
+        f"generate.prompts_file={prompts}",
+        "generate.max_new_tokens=8",
+        "generate.batch_size=2",
+        "generate.system='You are a helpful, respectful and honest assistant.'",
+        f"output_root={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(l) for l in (next(tmp_path.glob("artifacts/generate-*")) / "generations.jsonl").read_text().splitlines()]
-    assert [r["prompt"] for r in rows] == ["What is 2 plus 3 ?", "Add 4 and 4 .", "Compute 1 + 6 .", "What is 9 plus 0 ?"]
+    rows = [
+        json.loads(line)
+        for line in (next(tmp_path.glob("artifacts/generate-*")) / "generations.jsonl").read_text().splitlines()
+    ]
+    assert [r["prompt"] for r in rows] == [
+        "What is 2 plus 3 ?",
+        "Add 4 and 4 .",
+        "Compute 1 + 6 .",
+        "What is 9 plus 0 ?",
+    ]
     assert all(re.fullmatch(r"\d plus \d is \d+ \.", r["completion"]) for r in rows), rows
 
 
 def test_reference_scored_before_training_matches_each_pair(tmp_path):
     """At step 1 the policy is the reference (LoRA B = 0): every reward is 0 only if each pair got its own
     precomputed reference log-probs back (they are scored sorted by length, then put back in order)."""
+
     def first_step(precompute: str) -> dict:
         root = tmp_path / precompute
-        proc = run_cli("pipeline=[dpo]", "dpo.input=base", "dpo.max_steps=2", "dpo.logging_steps=1",
-                       f"dpo.precompute_ref_log_probs={precompute}", f"output_root={root}")
+        proc = run_cli(
+            "pipeline=[dpo]",
+            "dpo.input=base",
+            "dpo.max_steps=2",
+            "dpo.logging_steps=1",
+            f"dpo.precompute_ref_log_probs={precompute}",
+            f"output_root={root}",
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         metrics = json.loads((next((root / "artifacts").glob("dpo-*")) / "manifest.json").read_text())["metrics"]
         assert ("reference_scored_before_training_s" in metrics) == (precompute == "true")
         return metrics["history"][0]
 
     scored, inline = first_step("true"), first_step("false")
-    assert scored["rewards/chosen"] == 0 and scored["rewards/rejected"] == 0 and scored["loss"] == pytest.approx(0.6931, abs=1e-4)
+    assert (
+        scored["rewards/chosen"] == 0
+        and scored["rewards/rejected"] == 0
+        and scored["loss"] == pytest.approx(0.6931, abs=1e-4)
+    )
     assert scored["logps/chosen"] == pytest.approx(inline["logps/chosen"], rel=1e-5)
     assert scored["loss"] == pytest.approx(inline["loss"], rel=1e-6)
 
     # without an adapter, scoring the reference up front spares the frozen copy TRL would keep
-    proc = run_cli("pipeline=[dpo]", "dpo.input=base", "peft@dpo.peft=none", "dpo.max_steps=1", f"output_root={tmp_path / 'full'}")
+    proc = run_cli(
+        "pipeline=[dpo]", "dpo.input=base", "peft@dpo.peft=none", "dpo.max_steps=1", f"output_root={tmp_path / 'full'}"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((next((tmp_path / "full" / "artifacts").glob("dpo-*")) / "manifest.json").read_text())
     assert manifest["metrics"]["reference_model"] == "input model, scored before training"

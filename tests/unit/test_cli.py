@@ -10,14 +10,16 @@ from neuralchat_recipes.cli import main
 buf = io.StringIO()
 with contextlib.redirect_stdout(buf):
     main({args!r})
-heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'trl', 'peft', 'datasets', 'accelerate', 'deepspeed'))
+heavy = sorted(m for m in sys.modules
+               if m.split('.')[0] in ('torch', 'transformers', 'trl', 'peft', 'datasets', 'accelerate', 'deepspeed'))
 print(repr(heavy))
 """
 
 
 def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "neuralchat_recipes", *args], capture_output=True, text=True,
-                          timeout=120, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "neuralchat_recipes", *args], capture_output=True, text=True, timeout=120, cwd=cwd
+    )
 
 
 def test_plan_prints_json_and_nothing_else(tmp_path):
@@ -26,7 +28,9 @@ def test_plan_prints_json_and_nothing_else(tmp_path):
     plan = json.loads(proc.stdout)
     assert {"recipe", "hardware", "world_size", "stages"} <= set(plan)
     stage = plan["stages"][0]
-    assert {"name", "kind", "inputs", "fingerprint", "output_dir", "model", "dataset", "peft", "args", "launch"} <= set(stage)
+    assert {"name", "kind", "inputs", "fingerprint", "output_dir", "model", "dataset", "peft", "args", "launch"} <= set(
+        stage
+    )
     assert {"launcher", "world_size", "command", "env"} <= set(stage["launch"])
     assert not (tmp_path / "outputs").exists()  # planning writes nothing
 
@@ -46,8 +50,14 @@ def test_plan_and_validate_do_not_import_torch_or_transformers():
 
 
 def test_multirun_sweeps_the_lora_rank(tmp_path):
-    proc = run("-m", "mode=plan", "recipe=neural_chat_v3", "hardware=gaudi2_8x", "sft.peft.r=8,16,32",
-               f"output_root={tmp_path}")
+    proc = run(
+        "-m",
+        "mode=plan",
+        "recipe=neural_chat_v3",
+        "hardware=gaudi2_8x",
+        "sft.peft.r=8,16,32",
+        f"output_root={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr
     docs = [json.loads(chunk) for chunk in proc.stdout.replace("}\n{", "}\x00{").split("\x00")]
     assert [d["stages"][0]["peft"]["r"] for d in docs] == [8, 16, 32]
@@ -55,8 +65,9 @@ def test_multirun_sweeps_the_lora_rank(tmp_path):
 
 
 def test_dpo_beta_sweep_shares_the_sft_stage(tmp_path):
-    proc = run("-m", "mode=plan", "recipe=neural_chat_v3", "hardware=gaudi2_8x", "dpo.beta=0.05,0.1",
-               f"output_root={tmp_path}")
+    proc = run(
+        "-m", "mode=plan", "recipe=neural_chat_v3", "hardware=gaudi2_8x", "dpo.beta=0.05,0.1", f"output_root={tmp_path}"
+    )
     docs = [json.loads(chunk) for chunk in proc.stdout.replace("}\n{", "}\x00{").split("\x00")]
     assert docs[0]["stages"][0]["output_dir"] == docs[1]["stages"][0]["output_dir"]
     assert docs[0]["stages"][2]["output_dir"] != docs[1]["stages"][2]["output_dir"]
@@ -65,9 +76,16 @@ def test_dpo_beta_sweep_shares_the_sft_stage(tmp_path):
 def test_console_script_matches_module(tmp_path):
     import shutil
 
-    exe = shutil.which("neuralchat-recipes") or str(__import__("pathlib").Path(sys.executable).parent / "neuralchat-recipes")
-    a = subprocess.run([exe, "mode=plan", "recipe=neural_chat_v3", "hardware=gaudi2_8x"], capture_output=True, text=True,
-                       timeout=120, cwd=tmp_path)
+    exe = shutil.which("neuralchat-recipes") or str(
+        __import__("pathlib").Path(sys.executable).parent / "neuralchat-recipes"
+    )
+    a = subprocess.run(
+        [exe, "mode=plan", "recipe=neural_chat_v3", "hardware=gaudi2_8x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     b = run("mode=plan", "recipe=neural_chat_v3", "hardware=gaudi2_8x", cwd=tmp_path)
     assert a.returncode == 0, a.stderr
     assert json.loads(a.stdout) == json.loads(b.stdout)

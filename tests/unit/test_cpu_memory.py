@@ -1,8 +1,8 @@
 """The CPU backend's allocator setting: large freed blocks are reused, not unmapped and faulted back in."""
 
 import json
-import resource
 import platform
+import resource
 import subprocess
 import sys
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a gli
 SCRIPT = r"""
 import json, resource
 import torch
-from neuralchat_recipes.backends import get_backend
+from neuralchat_recipes.backends import get_device
 from tests.conftest import compose_recipe
 
 def faults(n=6):
@@ -29,14 +29,14 @@ def resident():
         return int(fh.read().split()[1]) * resource.getpagesize()
 
 out = {"default": faults()}
-with get_backend(compose_recipe("recipe=tiny", "hardware=cpu").hardware).stage_memory() as applied:
+with get_device(compose_recipe("recipe=tiny", "hardware=cpu").hardware).stage_memory() as applied:
     out["applied"] = applied
     for _ in range(3):  # the heap grows over the first steps (each block of a step needs its own place)
         faults()
     out["retained"] = faults()
     out["held"] = resident()
 out["after"] = resident()
-off = get_backend(compose_recipe("recipe=tiny", "hardware=cpu", "hardware.retain_freed_memory=false").hardware)
+off = get_device(compose_recipe("recipe=tiny", "hardware=cpu", "hardware.retain_freed_memory=false").hardware)
 with off.stage_memory() as applied:
     out["off_applied"] = applied
 print(json.dumps(out))

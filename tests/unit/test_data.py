@@ -12,49 +12,94 @@ SYS = "You are a helpful, respectful and honest assistant."
 
 
 def test_slimorca_conversations_with_default_system():
-    row = {"conversations": [{"from": "system", "value": "", "weight": None},
-                             {"from": "human", "value": "hi", "weight": 0.0},
-                             {"from": "gpt", "value": "hello", "weight": 1.0}]}
+    row = {
+        "conversations": [
+            {"from": "system", "value": "", "weight": None},
+            {"from": "human", "value": "hi", "weight": 0.0},
+            {"from": "gpt", "value": "hello", "weight": 1.0},
+        ]
+    }
     (out,) = convert_rows([row], "slimorca", "sft", "f.jsonl", SYS)
-    assert out["messages"] == [{"role": "system", "content": SYS}, {"role": "user", "content": "hi"},
-                               {"role": "assistant", "content": "hello"}]
+    assert out["messages"] == [
+        {"role": "system", "content": SYS},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+    ]
 
 
-@pytest.mark.parametrize("fmt,row,user,answer", [
-    ("alpaca", {"instruction": "Add", "input": "2 and 3", "output": "5", "text": "..."}, "Add\n\n### Input:\n2 and 3", "5"),
-    ("alpaca", {"instruction": "Say hi", "input": "", "output": "hi"}, "Say hi", "hi"),
-    ("evol_codealpaca", {"instruction": "Write code", "output": "print(1)"}, "Write code", "print(1)"),
-    ("cnn_dailymail", {"article": "Long text", "highlights": "Short", "id": "x"}, "Long text", "Short"),
-    ("ultrachat", {"prompt": "q", "prompt_id": "1", "messages": [{"role": "user", "content": "q"},
-                                                                  {"role": "assistant", "content": "a"}]}, "q", "a"),
-    ("stack_exchange_paired", {"qid": 1, "question": "Q?", "date": "d", "metadata": [], "response_j": "good",
-                               "response_k": "bad"}, "Q?", "good"),
-])
+@pytest.mark.parametrize(
+    "fmt,row,user,answer",
+    [
+        (
+            "alpaca",
+            {"instruction": "Add", "input": "2 and 3", "output": "5", "text": "..."},
+            "Add\n\n### Input:\n2 and 3",
+            "5",
+        ),
+        ("alpaca", {"instruction": "Say hi", "input": "", "output": "hi"}, "Say hi", "hi"),
+        ("evol_codealpaca", {"instruction": "Write code", "output": "print(1)"}, "Write code", "print(1)"),
+        ("cnn_dailymail", {"article": "Long text", "highlights": "Short", "id": "x"}, "Long text", "Short"),
+        (
+            "ultrachat",
+            {
+                "prompt": "q",
+                "prompt_id": "1",
+                "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+            },
+            "q",
+            "a",
+        ),
+        (
+            "stack_exchange_paired",
+            {"qid": 1, "question": "Q?", "date": "d", "metadata": [], "response_j": "good", "response_k": "bad"},
+            "Q?",
+            "good",
+        ),
+    ],
+)
 def test_sft_formats(fmt, row, user, answer):
     (out,) = convert_rows([row], fmt, "sft", "src")
     assert out["messages"][-2:] == [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
 
 
 def test_preference_formats():
-    (orca,) = convert_rows([{"system": "", "question": "Q", "chosen": "c", "rejected": "r"}], "orca_dpo_pairs",
-                           "preference", "src", SYS)
-    assert orca == {"prompt": [{"role": "system", "content": SYS}, {"role": "user", "content": "Q"}],
-                    "chosen": "c", "rejected": "r"}
-    (se,) = convert_rows([{"question": "Q", "response_j": "j", "response_k": "k"}], "stack_exchange_paired",
-                         "preference", "src")
+    (orca,) = convert_rows(
+        [{"system": "", "question": "Q", "chosen": "c", "rejected": "r"}], "orca_dpo_pairs", "preference", "src", SYS
+    )
+    assert orca == {
+        "prompt": [{"role": "system", "content": SYS}, {"role": "user", "content": "Q"}],
+        "chosen": "c",
+        "rejected": "r",
+    }
+    (se,) = convert_rows(
+        [{"question": "Q", "response_j": "j", "response_k": "k"}], "stack_exchange_paired", "preference", "src"
+    )
     assert se["chosen"] == "j" and se["rejected"] == "k"
 
 
-@pytest.mark.parametrize("fmt,use,rows,expected", [
-    ("alpaca", "sft", [{"instruction": "a", "output": "b"}, {"instruction": "a"}], "src, row 2: missing column 'output'"),
-    ("alpaca", "sft", [{"instruction": 3, "output": "b"}], "src, row 1: column 'instruction' must be a string"),
-    ("messages", "sft", [{"messages": []}], "src, row 1: column 'messages' is an empty conversation"),
-    ("messages", "sft", [{"messages": [{"role": "user", "content": "hi"}]}], "no assistant turn"),
-    ("messages", "sft", [{"messages": [{"role": "bot", "content": "x"}]}], "messages[0].role = 'bot'"),
-    ("slimorca", "sft", [{"conversations": [{"from": "alien", "value": "x"}]}], "conversations[0].from = 'alien'"),
-    ("orca_dpo_pairs", "preference", [{"question": "q", "chosen": "", "rejected": "r"}], "column 'chosen' is empty"),
-    ("alpaca", "sft", [], "src: no rows"),
-])
+@pytest.mark.parametrize(
+    "fmt,use,rows,expected",
+    [
+        (
+            "alpaca",
+            "sft",
+            [{"instruction": "a", "output": "b"}, {"instruction": "a"}],
+            "src, row 2: missing column 'output'",
+        ),
+        ("alpaca", "sft", [{"instruction": 3, "output": "b"}], "src, row 1: column 'instruction' must be a string"),
+        ("messages", "sft", [{"messages": []}], "src, row 1: column 'messages' is an empty conversation"),
+        ("messages", "sft", [{"messages": [{"role": "user", "content": "hi"}]}], "no assistant turn"),
+        ("messages", "sft", [{"messages": [{"role": "bot", "content": "x"}]}], "messages[0].role = 'bot'"),
+        ("slimorca", "sft", [{"conversations": [{"from": "alien", "value": "x"}]}], "conversations[0].from = 'alien'"),
+        (
+            "orca_dpo_pairs",
+            "preference",
+            [{"question": "q", "chosen": "", "rejected": "r"}],
+            "column 'chosen' is empty",
+        ),
+        ("alpaca", "sft", [], "src: no rows"),
+    ],
+)
 def test_bad_rows_are_named(fmt, use, rows, expected):
     with pytest.raises(DataError) as info:
         convert_rows(rows, fmt, use, "src")
@@ -83,8 +128,12 @@ def test_jinja_template_renders_like_python(template):
     env = ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = lambda m: (_ for _ in ()).throw(Exception(m))
     source = jinja_chat_template(template).replace("{% generation %}", "").replace("{% endgeneration %}", "")
-    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}, {"role": "assistant", "content": "A"},
-            {"role": "user", "content": "U2"}]
+    msgs = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "U"},
+        {"role": "assistant", "content": "A"},
+        {"role": "user", "content": "U2"},
+    ]
     rendered = env.from_string(source).render(messages=msgs, eos_token="</s>", add_generation_prompt=True)
     assert rendered == prompt_text(template, msgs, "</s>")
 
@@ -96,8 +145,15 @@ def test_sft_tokenization_masks_the_prompt_and_keeps_the_answer_end():
     from neuralchat_recipes.tiny_model import resolve_builtin
 
     tok = AutoTokenizer.from_pretrained(resolve_builtin("builtin:tiny-llama"))
-    rows = [{"messages": [{"role": "system", "content": SYS}, {"role": "user", "content": "What is 2 plus 3 ?"},
-                          {"role": "assistant", "content": "2 plus 3 is 5 ."}]}]
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": SYS},
+                {"role": "user", "content": "What is 2 plus 3 ?"},
+                {"role": "assistant", "content": "2 plus 3 is 5 ."},
+            ]
+        }
+    ]
     (ex,) = tokenize_sft(rows, tok, "neural_chat", 64, None, "assistant")
     trained = [i for i, m in zip(ex["input_ids"], ex["assistant_masks"]) if m]
     assert tok.decode(trained) == "2 plus 3 is 5 . </s>"
@@ -115,9 +171,17 @@ def test_tokenizer_chat_template_path_matches_the_builtin_template():
     from neuralchat_recipes.tiny_model import resolve_builtin
 
     tok = AutoTokenizer.from_pretrained(resolve_builtin("builtin:tiny-llama"))  # its template is neural_chat
-    rows = [{"messages": [{"role": "system", "content": SYS}, {"role": "user", "content": "What is 2 plus 3 ?"},
-                          {"role": "assistant", "content": "2 plus 3 is 5 ."}, {"role": "user", "content": "Add 1 and 1 ."},
-                          {"role": "assistant", "content": "1 plus 1 is 2 ."}]}]
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": SYS},
+                {"role": "user", "content": "What is 2 plus 3 ?"},
+                {"role": "assistant", "content": "2 plus 3 is 5 ."},
+                {"role": "user", "content": "Add 1 and 1 ."},
+                {"role": "assistant", "content": "1 plus 1 is 2 ."},
+            ]
+        }
+    ]
     via_tokenizer = tokenize_sft(rows, tok, "tokenizer", 128, None, "assistant")
     via_table = tokenize_sft(rows, tok, "neural_chat", 128, None, "assistant")
     assert via_tokenizer == via_table
@@ -129,18 +193,23 @@ def test_columns_map_a_users_file_onto_a_format(tmp_path):
     rows = [{"question": "Add 2 and 3 .", "answer": "5", "output": "ignored"}]
     (out,) = convert_rows(rows, "alpaca", "sft", "mine.jsonl", columns={"instruction": "question", "output": "answer"})
     assert out["messages"] == [{"role": "user", "content": "Add 2 and 3 ."}, {"role": "assistant", "content": "5"}]
-    with pytest.raises(DataError, match=r"mine.jsonl, row 1: missing column 'answer', which `columns` maps to 'output'"):
-        convert_rows([{"question": "q"}], "alpaca", "sft", "mine.jsonl", columns={"instruction": "question", "output": "answer"})
+    with pytest.raises(
+        DataError, match=r"mine.jsonl, row 1: missing column 'answer', which `columns` maps to 'output'"
+    ):
+        convert_rows(
+            [{"question": "q"}], "alpaca", "sft", "mine.jsonl", columns={"instruction": "question", "output": "answer"}
+        )
 
 
 def test_validation_split_is_carved_once_and_never_trained_on(tmp_path):
-    import json
 
     from neuralchat_recipes.config.dataset import DatasetConfig
     from neuralchat_recipes.data.loading import load_splits
 
     path = tmp_path / "d.jsonl"
-    path.write_text("".join(json.dumps({"instruction": f"q{i}", "input": "", "output": f"a{i}"}) + "\n" for i in range(40)))
+    path.write_text(
+        "".join(json.dumps({"instruction": f"q{i}", "input": "", "output": f"a{i}"}) + "\n" for i in range(40))
+    )
     ds = DatasetConfig(name="d", path=str(path), format="alpaca", validation_split_percentage=10)
     train, held, _ = load_splits(ds, "sft")
     assert len(train) == 36 and len(held) == 4

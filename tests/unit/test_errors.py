@@ -66,7 +66,9 @@ def test_seq2seq_model_cannot_run_dpo():
 
 
 def test_peft_method_the_model_does_not_support():
-    msg = error_of("recipe=instruct", "hardware=gaudi2_8x", "model=mpt_7b", "peft@sft.peft=p_tuning", "sft.packing=false")
+    msg = error_of(
+        "recipe=instruct", "hardware=gaudi2_8x", "model=mpt_7b", "peft@sft.peft=p_tuning", "sft.packing=false"
+    )
     assert "`sft.peft.method` = 'p_tuning'" in msg and "supported: lora" in msg
 
 
@@ -87,8 +89,12 @@ def test_epochs_and_steps_are_exclusive():
 
 
 def test_missing_local_data_file_is_reported_with_the_key():
-    msg = error_of("recipe=instruct", "hardware=gaudi2_8x", "dataset@sft.dataset=alpaca_file",
-                   "sft.dataset.path=/nonexistent/alpaca_data.json")
+    msg = error_of(
+        "recipe=instruct",
+        "hardware=gaudi2_8x",
+        "dataset@sft.dataset=alpaca_file",
+        "sft.dataset.path=/nonexistent/alpaca_data.json",
+    )
     assert "`sft.dataset.path` = '/nonexistent/alpaca_data.json'" in msg and "file not found" in msg
 
 
@@ -105,7 +111,9 @@ def test_several_problems_are_all_reported():
 def test_cli_exits_2_with_the_message_on_stderr_and_nothing_on_stdout():
     proc = subprocess.run(
         [sys.executable, "-m", "neuralchat_recipes", "mode=plan", "recipe=neural_chat_v3", "sft.learnig_rate=1"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stdout == ""
@@ -114,9 +122,20 @@ def test_cli_exits_2_with_the_message_on_stderr_and_nothing_on_stdout():
 
 def test_bad_sweep_value_fails_before_any_job_runs(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "neuralchat_recipes", "-m", "mode=validate", "recipe=neural_chat_v3",
-         "hardware=gaudi2_8x", "sft.peft.r=8,0", f"output_root={tmp_path}"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "neuralchat_recipes",
+            "-m",
+            "mode=validate",
+            "recipe=neural_chat_v3",
+            "hardware=gaudi2_8x",
+            "sft.peft.r=8,0",
+            f"output_root={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2 and "OK" not in proc.stdout
     assert "`sft.peft.r` = 0" in proc.stderr
@@ -125,12 +144,16 @@ def test_bad_sweep_value_fails_before_any_job_runs(tmp_path):
 def test_selecting_a_group_the_recipe_lacks_says_to_add_it():
     msg = error_of("recipe=instruct", "hardware=gpu_8x", "deepspeed@sft.deepspeed=zero3")
     assert "add one with `+deepspeed@sft.deepspeed=zero3`" in msg
-    assert plan_for("recipe=instruct", "hardware=gpu_8x", "+deepspeed@sft.deepspeed=zero3").stage("sft").args["deepspeed"]
+    assert (
+        plan_for("recipe=instruct", "hardware=gpu_8x", "+deepspeed@sft.deepspeed=zero3")
+        .stage("sft")
+        .args.view()["deepspeed"]
+    )
 
 
 def test_stage_after_an_eval_consumes_the_last_model_not_the_eval():
     plan = plan_for("recipe=tiny", "pipeline=[sft,merge,eval,dpo,merge_dpo]")
-    assert plan.stage("dpo").inputs[0]["stage"] == "merge"
+    assert plan.stage("dpo").inputs[0].stage == "merge"
     msg = error_of("recipe=tiny", "pipeline=[sft,merge,eval,dpo,merge_dpo]", "dpo.input=eval")
     assert "`dpo`: its input 'eval' produces no model (eval stages produce none)" in msg
 

@@ -48,7 +48,7 @@ def test_local_data_content_is_fingerprinted(tmp_path):
     data.write_text(json.dumps([{"instruction": "a", "input": "", "output": "b"}]))
     args = ("recipe=instruct", "hardware=gaudi2_8x", "dataset@sft.dataset=alpaca_file", f"sft.dataset.path={data}")
     first = plan_for(*args).stage("sft")
-    assert first.dataset["sha256"] and first.dataset["resolved_path"] == str(data)
+    assert first.datasets["dataset"]["sha256"] and first.datasets["dataset"]["resolved_path"] == str(data)
     assert plan_for(*args).stage("sft").fingerprint == first.fingerprint
     data.write_text(json.dumps([{"instruction": "a", "input": "", "output": "c"}]))
     assert plan_for(*args).stage("sft").fingerprint != first.fingerprint

@@ -13,8 +13,8 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def _rows():
     text = README.read_text()
-    table = text[text.index("| ITREX command | overrides on `recipe=instruct` |"):]
-    table = table[:table.index("\n\n")]
+    table = text[text.index("| ITREX command | overrides on `recipe=instruct` |") :]
+    table = table[: table.index("\n\n")]
     for line in table.splitlines()[2:]:
         label, overrides = [cell.strip() for cell in line.strip("|").split("|", 1)]
         spans = re.findall(r"`([^`]+)`", overrides)
@@ -37,11 +37,13 @@ def test_itrex_row_plans(tmp_path, monkeypatch, label, overrides):
     for name in ("alpaca_data.json", "intel_domain.json"):
         (tmp_path / name).write_text("[]")
     (tmp_path / "mine.csv").write_text("question,answer\n")
-    args = shlex.split(overrides.replace("{instruction: question, output: answer}", "'{instruction: question, output: answer}'"))
+    args = shlex.split(
+        overrides.replace("{instruction: question, output: answer}", "'{instruction: question, output: answer}'")
+    )
     if not any(a.startswith("hardware=") for a in args) or "hardware=cpu" in args:
         # ITREX's Xeon runs: a Sapphire Rapids server (AMX bf16, plenty of memory); this 24 GB CPU
         # without AMX rightly refuses a 7B model in fp32
         args += ["hardware.precision=bf16", "hardware.memory_gb=256"]
     plan = plan_for("recipe=instruct", *args)
     sft = plan.stages[0]
-    assert sft.kind == "sft" and sft.args["task"] in ("completion", "chat", "summarization", "code-generation")
+    assert sft.kind == "sft" and sft.args.view()["task"] in ("completion", "chat", "summarization", "code-generation")

@@ -6,14 +6,25 @@ import pytest
 
 from neuralchat_recipes.config import ConfigError
 from neuralchat_recipes.data.templates import jinja_chat_template
-from neuralchat_recipes.model_sources import (ModelSourceError, directory_facts, end_of_turn_token, eos_warning,
-                                              gguf_facts, local_path, model_facts)
+from neuralchat_recipes.model_sources import (
+    ModelSourceError,
+    directory_facts,
+    end_of_turn_token,
+    eos_warning,
+    gguf_facts,
+    local_path,
+    model_facts,
+)
 from tests.conftest import plan_for
 
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + "
-          "'\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
-LLAMA3 = ("{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + "
-          "message['content'] + '<|eot_id|>' }}{% endfor %}")
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + "
+    "'\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+LLAMA3 = (
+    "{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + "
+    "message['content'] + '<|eot_id|>' }}{% endfor %}"
+)
 
 
 def write_gguf(path, eos="<|im_end|>", template=CHATML, hidden=8):
@@ -56,11 +67,19 @@ def test_end_of_turn_token_of_chatml_llama3_and_our_templates():
 
 
 def test_an_eos_that_disagrees_with_the_template_gets_a_warning_naming_both():
-    facts = {"chat_template": LLAMA3, "special_tokens": ["<|eot_id|>", "<|end_of_text|>"], "eos_token": "<|end_of_text|>"}
+    facts = {
+        "chat_template": LLAMA3,
+        "special_tokens": ["<|eot_id|>", "<|end_of_text|>"],
+        "eos_token": "<|end_of_text|>",
+    }
     warning = eos_warning("llama3", facts)
     assert "'<|eot_id|>'" in warning and "'<|end_of_text|>'" in warning and "generation_config.json" in warning
-    assert eos_warning("chatml", {**facts, "chat_template": CHATML, "eos_token": "<|im_end|>",
-                                  "special_tokens": ["<|im_end|>"]}) is None
+    assert (
+        eos_warning(
+            "chatml", {**facts, "chat_template": CHATML, "eos_token": "<|im_end|>", "special_tokens": ["<|im_end|>"]}
+        )
+        is None
+    )
 
 
 def test_a_missing_package_names_the_pip_command():

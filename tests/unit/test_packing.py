@@ -55,8 +55,12 @@ def test_per_sample_attention_gives_each_sample_its_own_loss(segment_attention):
     examples = _examples([7, 19, 4, 30, 12, 9, 25, 16], seed=3)
     batch = PackedCollator(pad_token_id=0, mask="segments")(pack(examples, 48))
     assert "attention_mask" not in batch
-    alone = sum(_summed_loss(segment_attention, {"input_ids": torch.tensor([e["input_ids"]]),
-                                                 "labels": torch.tensor([labels_of(e)])}) for e in examples)
+    alone = sum(
+        _summed_loss(
+            segment_attention, {"input_ids": torch.tensor([e["input_ids"]]), "labels": torch.tensor([labels_of(e)])}
+        )
+        for e in examples
+    )
     assert _summed_loss(segment_attention, batch) == pytest.approx(alone, rel=1e-4)
     # and gradients flow through the per-sample spans
     segment_attention.zero_grad()
@@ -91,8 +95,10 @@ def test_logits_only_where_a_label_is_predicted_give_the_same_loss_and_gradients
     assert lean_out.logits.shape == (predicted, model.config.vocab_size)  # only the predicting positions
     assert lean_out.loss.item() == pytest.approx(full_out.loss.item(), rel=1e-5)
     torch.testing.assert_close(lean_grad, full_grad, rtol=1e-4, atol=1e-6)
-    alone = sum(_summed_loss(model, {"input_ids": torch.tensor([e["input_ids"]]), "labels": torch.tensor([labels_of(e)])})
-                for e in examples)
+    alone = sum(
+        _summed_loss(model, {"input_ids": torch.tensor([e["input_ids"]]), "labels": torch.tensor([labels_of(e)])})
+        for e in examples
+    )
     assert lean_out.loss.item() * predicted == pytest.approx(alone, rel=1e-4)
 
 
@@ -105,13 +111,18 @@ def test_packed_batch_loss_equals_the_sum_of_per_sample_losses(tiny_model):
     batch = PackedCollator(pad_token_id=0)(blocks)
     assert batch["attention_mask"].shape == (len(blocks), 1, 48, 48)
     packed = _summed_loss(tiny_model, batch)
-    alone = sum(_summed_loss(tiny_model, {"input_ids": torch.tensor([e["input_ids"]]),
-                                          "labels": torch.tensor([labels_of(e)])}) for e in examples)
+    alone = sum(
+        _summed_loss(tiny_model, {"input_ids": torch.tensor([e["input_ids"]]), "labels": torch.tensor([labels_of(e)])})
+        for e in examples
+    )
     assert packed == pytest.approx(alone, rel=1e-4)
 
     # the same blocks with only a causal mask (ITREX concatenation) let samples see each other
-    leaky = {"input_ids": batch["input_ids"], "labels": batch["labels"],
-             "attention_mask": (batch["input_ids"] != -1).long()}
+    leaky = {
+        "input_ids": batch["input_ids"],
+        "labels": batch["labels"],
+        "attention_mask": (batch["input_ids"] != -1).long(),
+    }
     assert abs(_summed_loss(tiny_model, leaky) - alone) > 10 * 1e-4 * alone  # ten times the tolerance above
 
 
@@ -123,8 +134,12 @@ def test_packed_loss_holds_with_eager_attention_and_static_padding(tiny_model):
         examples = _examples([10, 3, 22, 8], seed=1)
         batch = PackedCollator(pad_token_id=0, pad_to=40, dtype=torch.float32)(pack(examples, 40))
         assert batch["input_ids"].shape[1] == 40
-        alone = sum(_summed_loss(tiny_model, {"input_ids": torch.tensor([e["input_ids"]]),
-                                              "labels": torch.tensor([labels_of(e)])}) for e in examples)
+        alone = sum(
+            _summed_loss(
+                tiny_model, {"input_ids": torch.tensor([e["input_ids"]]), "labels": torch.tensor([labels_of(e)])}
+            )
+            for e in examples
+        )
         assert _summed_loss(tiny_model, batch) == pytest.approx(alone, rel=1e-4)
     finally:
         tiny_model.config._attn_implementation = "sdpa"
@@ -150,11 +165,15 @@ def test_packing_raises_the_non_pad_fraction_on_a_slimorca_like_length_tail():
     packed = non_pad_fraction([len(b["input_ids"]) for b in blocks], 8)
     collator = PackedCollator(pad_token_id=0, mask="segments")
     for start in range(0, len(blocks), 8):
-        collator(blocks[start:start + 8])
+        collator(blocks[start : start + 8])
     assert collator.fraction == pytest.approx(packed)
     assert unpacked < 0.75 and packed >= 0.95, (unpacked, packed)
     # static shapes (Gaudi pad_max) cost unpacked batches far more than packed ones
-    assert non_pad_fraction(lengths, 8, pad_to=1024) < 0.4 < non_pad_fraction([len(b["input_ids"]) for b in blocks], 8, 1024)
+    assert (
+        non_pad_fraction(lengths, 8, pad_to=1024)
+        < 0.4
+        < non_pad_fraction([len(b["input_ids"]) for b in blocks], 8, 1024)
+    )
 
 
 def test_tokenized_cache_key_covers_every_setting(tmp_path):
@@ -166,12 +185,21 @@ def test_tokenized_cache_key_covers_every_setting(tmp_path):
         def make():
             calls.append(tag)
             return [{"input_ids": [1, 2, 3], "assistant_masks": [0, 1, 1]}]
+
         return make
 
     key = {"dataset": {"sha256": "abc"}, "tokenizer": "t1", "template": "alpaca", "max_seq_length": 512}
-    assert tokenize_cached(tmp_path, key, build("first")) == ([{"input_ids": [1, 2, 3], "assistant_masks": [0, 1, 1]}], False)
+    assert tokenize_cached(tmp_path, key, build("first")) == (
+        [{"input_ids": [1, 2, 3], "assistant_masks": [0, 1, 1]}],
+        False,
+    )
     assert tokenize_cached(tmp_path, dict(key), build("again"))[1] is True
-    for change in ({"template": "chatml"}, {"tokenizer": "t2"}, {"max_seq_length": 256}, {"dataset": {"sha256": "abd"}}):
+    for change in (
+        {"template": "chatml"},
+        {"tokenizer": "t2"},
+        {"max_seq_length": 256},
+        {"dataset": {"sha256": "abd"}},
+    ):
         assert tokenize_cached(tmp_path, {**key, **change}, build(str(change)))[1] is False
     assert len(calls) == 5 and "again" not in calls
     assert not list(tmp_path.glob(".*.tmp"))
@@ -191,4 +219,3 @@ def test_tokenizer_identity_follows_chat_template_and_vocabulary():
     assert tokenizer_identity(tok) != first
     tok.add_tokens(["brandnewword"])
     assert tokenizer_identity(tok) != first
-

@@ -1,7 +1,5 @@
 """Walk the whole recipe tree: every file composes and validates; every recipe x hardware plans or says why not."""
 
-from pathlib import Path
-
 import pytest
 import yaml
 
@@ -17,7 +15,16 @@ HARDWARE = group_options("hardware")
 def test_tree_is_found_and_every_yaml_belongs_to_a_group():
     files = sorted(ROOT.rglob("*.yaml"))
     assert len(files) > 50
-    groups = {"recipe", "model", "dataset", "peft", "stage", "hardware", "deepspeed", "hydra"}  # hydra: launcher/sweeper configs
+    groups = {
+        "recipe",
+        "model",
+        "dataset",
+        "peft",
+        "stage",
+        "hardware",
+        "deepspeed",
+        "hydra",
+    }  # hydra: launcher/sweeper configs
     for f in files:
         rel = f.relative_to(ROOT)
         assert rel.parts == ("config.yaml",) or rel.parts[0] in groups, rel
@@ -55,7 +62,7 @@ def test_every_recipe_on_every_hardware_plans_or_says_why(recipe, hardware):
         assert len(spec.fingerprint) == 64
         assert spec.launch["command"]
         if spec.kind in ("sft", "dpo"):
-            a = spec.args
+            a = spec.args.view()
             world = spec.launch["world_size"]
             assert a["per_device_train_batch_size"] * a["gradient_accumulation_steps"] * world == a["global_batch_size"]
 
@@ -86,7 +93,10 @@ def test_every_dataset_entry_validates(dataset):
 @pytest.mark.parametrize("peft", group_options("peft"))
 def test_every_peft_entry_validates(peft):
     cfg = compose_recipe("recipe=instruct", f"peft@sft.peft={peft}", "sft.packing=false")  # packing is LoRA / full only
-    assert cfg.stages["sft"].peft.method == yaml.safe_load((ROOT / "peft" / f"{peft}.yaml").read_text())["method"]
+    extends = yaml.safe_load((ROOT / "peft" / f"{peft}.yaml").read_text())["defaults"][
+        0
+    ]  # /schema/peft/<method>@_here_
+    assert cfg.stages["sft"].peft.method == extends.split("@")[0].rsplit("/", 1)[1]
 
 
 @pytest.mark.parametrize("ds", group_options("deepspeed"))
@@ -94,35 +104,96 @@ def test_every_deepspeed_entry_plans_on_gpu_8x(ds):
     plan = plan_for("recipe=instruct", "hardware=gpu_8x", f"+deepspeed@sft.deepspeed={ds}")
     spec = plan.stage("sft")
     assert spec.launch["launcher"] == "deepspeed"
-    assert spec.args["deepspeed"]["zero_optimization"]["stage"] in (2, 3)
+    assert spec.args.view()["deepspeed"]["zero_optimization"]["stage"] in (2, 3)
 
 
 def test_every_stage_kind_is_used_by_some_recipe():
     kinds = set()
     for recipe in RECIPES:
         kinds |= {s.kind for s in compose_recipe(f"recipe={recipe}", "hardware=gaudi2_8x").stages.values()}
-    from neuralchat_recipes.config.stage import STAGE_KINDS
+    from neuralchat_recipes.stages import KINDS
 
-    assert kinds == set(STAGE_KINDS)
+    assert kinds == set(KINDS)
 
 
-def test_group_files_list_every_field_so_any_key_is_overridable():
-    """Hydra refuses to override a key a file does not mention; so every entry lists every field."""
-    from neuralchat_recipes.config import DatasetConfig, HardwareConfig, ModelConfig
-    from neuralchat_recipes.config.peft import PEFT_METHODS
-    from neuralchat_recipes.config.deepspeed import DeepSpeedConfig
-    from neuralchat_recipes.config.stage import STAGE_KINDS
+def _override_value(value) -> str:
+    """A value in Hydra's override grammar."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return "'" + value.replace("'", "\\'") + "'"
+    if isinstance(value, list):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    return "{" + ",".join(f"{k}:{_override_value(v)}" for k, v in value.items()) + "}"
 
-    fixed = {"model": ModelConfig, "dataset": DatasetConfig, "hardware": HardwareConfig, "deepspeed": DeepSpeedConfig}
+
+# (recipe overrides, the key prefix an entry of the group lands at, how to find its model)
+OVERRIDABLE = [
+    (["recipe=tiny"], "model", lambda cfg: type(cfg.model)),
+    (["recipe=tiny"], "sft.dataset", lambda cfg: type(cfg.stages["sft"].dataset)),
+    (["recipe=tiny"], "sft.peft", lambda cfg: type(cfg.stages["sft"].peft)),
+    (["recipe=tiny"], "hardware", lambda cfg: type(cfg.hardware)),
+    (["recipe=neural_chat_v3", "hardware=gaudi2_8x"], "hardware.gaudi", lambda cfg: type(cfg.hardware.gaudi)),
+    (["recipe=neural_chat_v3", "hardware=gaudi2_8x"], "sft.deepspeed", lambda cfg: type(cfg.stages["sft"].deepspeed)),
+    *[
+        (["recipe=smollm2_chat"], name, lambda cfg, n=name: type(cfg.stages[n]))
+        for name in ("sft", "merge", "dpo", "eval", "generate", "export")
+    ],
+]
+
+
+@pytest.mark.parametrize("base, prefix, model_of", OVERRIDABLE, ids=[o[1] for o in OVERRIDABLE])
+def test_every_field_is_overridable_from_the_command_line(base, prefix, model_of):
+    """Hydra overrides only keys the composed config has: the schema nodes every entry extends hold every
+    field, so `<prefix>.<field>=<value>` works for each one, without `+`."""
+    from neuralchat_recipes.compose import compose
+
+    composed = compose(base)
+    node = composed
+    for part in prefix.split("."):
+        node = node[part]
+    cfg = compose_recipe(*base)
+    fields = set(model_of(cfg).model_fields) - {"dataset", "preference_dataset"}  # picked from their own group
+    missing = sorted(f for f in fields if f not in node and model_of(cfg).model_fields[f].is_required() is False)
+    assert not missing, f"{prefix}: not overridable (not in the composed config): {missing}"
+    overrides = [
+        f"{prefix}.{f}={_override_value(node[f])}"
+        for f in sorted(fields)
+        if f in node and not isinstance(node[f], dict) or f in ("env", "launch_env", "columns")
+    ]
+    compose_recipe(*base, *overrides)  # Hydra raises "Could not override" for a key the config lacks
+
+
+def test_no_group_file_restates_a_model_default():
+    """A default is written once, in its pydantic field; an entry states only what differs (and only fields)."""
+    from neuralchat_recipes.defaults import schema_nodes
+
+    nodes = schema_nodes()
+    restated, unknown = [], []
     for group in ("model", "dataset", "hardware", "deepspeed", "peft", "stage"):
-        for f in (ROOT / group).glob("*.yaml"):
+        for f in sorted((ROOT / group).glob("*.yaml")):
             data = yaml.safe_load(f.read_text())
-            cls = fixed.get(group) or (PEFT_METHODS[data["method"]] if group == "peft" else STAGE_KINDS[data["kind"]])
-            expected = set(cls.model_fields) - ({"dataset", "peft"} if group == "stage" and data["kind"] in ("sft", "dpo") else set())
-            assert set(data) == expected, (f.name, expected ^ set(data))
+            extends = data.pop("defaults")
+            ref = extends[0].split("@")[0].strip("/").split("/")
+            node = nodes[("/".join(ref[:-1]), ref[-1])]
+            gaudi = nodes[("schema", "gaudi")]
+            for key, value in data.items():
+                if key == "gaudi" and isinstance(value, dict):
+                    restated += [f"{f.name}: gaudi.{k}" for k, v in value.items() if gaudi.get(k) == v]
+                    unknown += [f"{f.name}: gaudi.{k}" for k in value if k not in gaudi]
+                elif key in node and node[key] == value:
+                    restated.append(f"{f.name}: {key}")
+    assert not restated, f"these keys restate their model's default: {restated}"
+    assert not unknown, unknown
 
 
 def test_lora_rank_of_a_stage_is_overridable_from_the_command_line():
-    cfg = compose_recipe("recipe=neural_chat_v3", "sft.peft.r=32", "dpo.peft.r=4", "dpo.beta=0.05", "sft.learning_rate=2e-4")
+    cfg = compose_recipe(
+        "recipe=neural_chat_v3", "sft.peft.r=32", "dpo.peft.r=4", "dpo.beta=0.05", "sft.learning_rate=2e-4"
+    )
     assert cfg.stages["sft"].peft.r == 32 and cfg.stages["dpo"].peft.r == 4
     assert cfg.stages["dpo"].beta == 0.05 and cfg.stages["sft"].learning_rate == 2e-4

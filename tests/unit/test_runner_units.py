@@ -6,21 +6,27 @@ import time
 
 import pytest
 
-from neuralchat_recipes.runner import recipe_json, scrub, stage_lock
+from neuralchat_recipes.execution import recipe_json, scrub
+from neuralchat_recipes.execution.store import stage_lock
 from tests.conftest import compose_recipe
 
 
 def test_scrub_hides_secret_keys_and_secret_env_values(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijklmnop")
-    data = {"hub_token": "abc", "hub_token_env": "HF_TOKEN", "tokens_seen": 5, "env": {"WANDB_API_KEY": "k" * 12},
-            "command": ["x", "--token=hf_abcdefghijklmnop"]}
+    data = {
+        "hub_token": "abc",
+        "hub_token_env": "HF_TOKEN",
+        "tokens_seen": 5,
+        "env": {"WANDB_API_KEY": "k" * 12},
+        "command": ["x", "--token=hf_abcdefghijklmnop"],
+    }
     out = scrub(data)
     assert out["hub_token"] == "***" and out["hub_token_env"] == "HF_TOKEN" and out["tokens_seen"] == 5
     assert out["env"]["WANDB_API_KEY"] == "***" and "hf_abcdefghijklmnop" not in json.dumps(out)
 
 
 def test_recipe_json_round_trips_and_hides_secrets(monkeypatch):
-    from neuralchat_recipes.config import build_recipe
+    from neuralchat_recipes.recipe import build_recipe
 
     monkeypatch.setenv("MY_SECRET", "supersecretvalue")
     recipe = compose_recipe("recipe=neural_chat_v3", "hardware=gaudi2_8x", "+hardware.env.MY_SECRET=supersecretvalue")
@@ -36,19 +42,28 @@ def test_pickle_checkpoints_need_an_explicit_opt_in(tmp_path):
 
     from neuralchat_recipes.stages.common import StageError, load_model
 
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=2))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=32,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    )
     model.config.save_pretrained(tmp_path)
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
 
-    class Spec:
-        model = {"architecture": "causal", "trust_remote_code": False, "allow_pickle": False, "torch_dtype": "auto",
-                 "revision": None}
+    from types import SimpleNamespace
 
+    entry = SimpleNamespace(
+        architecture="causal", trust_remote_code=False, allow_pickle=False, torch_dtype="auto", revision=None
+    )  # the fields of a model entry load_model reads
     with pytest.raises(StageError, match="model.allow_pickle=true"):
-        load_model(Spec, str(tmp_path), "fp32")
-    Spec.model = {**Spec.model, "allow_pickle": True}
-    assert load_model(Spec, str(tmp_path), "fp32").config.hidden_size == 16
+        load_model(entry, str(tmp_path), "fp32")
+    entry.allow_pickle = True
+    assert load_model(entry, str(tmp_path), "fp32").config.hidden_size == 16
 
 
 def test_stage_lock_makes_the_second_holder_wait(tmp_path):

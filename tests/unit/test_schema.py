@@ -1,17 +1,21 @@
 """JSON Schema files are generated from the models, current, and accept every YAML file that references them."""
 
 import json
-from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
 
 from neuralchat_recipes.compose import config_dir
-from neuralchat_recipes.schema import main as schema_main, schema_dir
+from neuralchat_recipes.schema import main as schema_main
+from neuralchat_recipes.schema import schema_dir
 
 # recipes/hydra holds Hydra plugin configs (launchers, sweepers): their schema is the plugin's, not ours
-YAMLS = sorted(p for p in config_dir().rglob("*.yaml") if p.name != "config.yaml" and p.relative_to(config_dir()).parts[0] != "hydra")
+YAMLS = sorted(
+    p
+    for p in config_dir().rglob("*.yaml")
+    if p.name != "config.yaml" and p.relative_to(config_dir()).parts[0] != "hydra"
+)
 
 
 def test_schemas_are_not_stale():
@@ -26,7 +30,7 @@ def test_check_detects_a_stale_file(tmp_path):
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: str(p.relative_to(config_dir())))
 def test_yaml_validates_against_its_schema(path):
-    line = next(l for l in path.read_text().splitlines() if "yaml-language-server: $schema=" in l)
+    line = next(text for text in path.read_text().splitlines() if "yaml-language-server: $schema=" in text)
     schema_path = (path.parent / line.split("$schema=", 1)[1].strip()).resolve()
     assert schema_path.parent == schema_dir().resolve()
     jsonschema.validate(yaml.safe_load(path.read_text()), json.loads(schema_path.read_text()))

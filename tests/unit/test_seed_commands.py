@@ -100,30 +100,102 @@ CASES = [
     # (id, seed command, overrides, stage)
     ("oh-sft-mixtral-4x", OH_SFT_MIXTRAL, ["recipe=mixtral_sft"], "sft"),
     ("oh-sft-llama70b-deepspeed", OH_SFT_LLAMA70B, ["recipe=stack_llama2_70b", "hardware=gaudi2_8x"], "sft"),
-    ("oh-sft-llama70b-mpi", OH_SFT_LLAMA70B.replace("--use_deepspeed", "--use_mpi"),
-     ["recipe=stack_llama2_70b", "hardware=gaudi2_8x", "hardware.gaudi.spawn=mpi"], "sft"),
+    (
+        "oh-sft-llama70b-mpi",
+        OH_SFT_LLAMA70B.replace("--use_deepspeed", "--use_mpi"),
+        ["recipe=stack_llama2_70b", "hardware=gaudi2_8x", "hardware.gaudi.spawn=mpi"],
+        "sft",
+    ),
     ("oh-dpo-llama70b", OH_DPO_LLAMA70B, ["recipe=stack_llama2_70b", "hardware=gaudi2_8x"], "dpo"),
     ("itrex-dpo-llama2-chat", ITREX_DPO_LLAMA2_CHAT, ["recipe=dpo_llama2_7b_chat", "hardware=gaudi2_8x"], "dpo"),
-    ("itrex-dl1-llama2", ITREX_DL1_LLAMA2, ["recipe=instruct", "model=llama2_7b_chat", "hardware=gaudi1_8x", *ITREX_CADENCE, "sft.global_batch_size=64",
-                                            "sft.micro_batch_size=2"], "sft"),
-    ("itrex-gaudi2-llama70b-zero3", ITREX_GAUDI2_LLAMA70B_ZERO3,
-     ["recipe=instruct", "model=llama2_70b", "model.path=meta-llama/Llama-2-70b-chat-hf", "hardware=gaudi2_8x", *ITREX_CADENCE, "+deepspeed@sft.deepspeed=zero3",
-      "sft.global_batch_size=64", "sft.micro_batch_size=2", "dataset@sft.dataset=alpaca"], "sft"),
-    ("itrex-gaudi2-mixtral-zero3", ITREX_GAUDI2_MIXTRAL_ZERO3,
-     ["recipe=instruct", "model=mixtral_8x7b", "hardware=gaudi2_8x", "+deepspeed@sft.deepspeed=zero3",
-      "sft.peft.r=64", "sft.peft.target_modules=[q_proj,k_proj,v_proj,o_proj]", "dataset@sft.dataset=alpaca",
-      "sft.global_batch_size=64", "sft.micro_batch_size=2",
-      "sft.logging_steps=10", "sft.save_total_limit=2"], "sft"),
-    ("itrex-xeon-ptun-llama2", ITREX_XEON_PTUN_LLAMA2,
-     ["recipe=instruct", *XEON, "model=llama2_7b_chat", "sft.micro_batch_size=4", "peft@sft.peft=p_tuning",
-      "sft.packing=false", "sft.group_by_length=true"], "sft"),
-    ("itrex-xeon-lora-mpt", ITREX_XEON_LORA_MPT, ["recipe=instruct", *XEON, "model=mpt_7b", "sft.micro_batch_size=4",
-                                                  "sft.group_by_length=true"], "sft"),
-    ("itrex-xeon-flan-t5", ITREX_XEON_FLAN_T5,
-     ["recipe=instruct", "hardware=xeon_spr_ddp", "hardware.master_addr=10.0.0.1", "model=flan_t5_xl",
-      "sft.global_batch_size=32", "sft.micro_batch_size=2", "sft.learning_rate=1e-5", "sft.warmup_ratio=0.03",
-      "sft.num_train_epochs=5", "sft.logging_steps=10", "sft.save_total_limit=2", "sft.save_steps=2000", "sft.packing=false",
-      "sft.task=completion"], "sft"),
+    (
+        "itrex-dl1-llama2",
+        ITREX_DL1_LLAMA2,
+        [
+            "recipe=instruct",
+            "model=llama2_7b_chat",
+            "hardware=gaudi1_8x",
+            *ITREX_CADENCE,
+            "sft.global_batch_size=64",
+            "sft.micro_batch_size=2",
+        ],
+        "sft",
+    ),
+    (
+        "itrex-gaudi2-llama70b-zero3",
+        ITREX_GAUDI2_LLAMA70B_ZERO3,
+        [
+            "recipe=instruct",
+            "model=llama2_70b",
+            "model.path=meta-llama/Llama-2-70b-chat-hf",
+            "hardware=gaudi2_8x",
+            *ITREX_CADENCE,
+            "+deepspeed@sft.deepspeed=zero3",
+            "sft.global_batch_size=64",
+            "sft.micro_batch_size=2",
+            "dataset@sft.dataset=alpaca",
+        ],
+        "sft",
+    ),
+    (
+        "itrex-gaudi2-mixtral-zero3",
+        ITREX_GAUDI2_MIXTRAL_ZERO3,
+        [
+            "recipe=instruct",
+            "model=mixtral_8x7b",
+            "hardware=gaudi2_8x",
+            "+deepspeed@sft.deepspeed=zero3",
+            "sft.peft.r=64",
+            "sft.peft.target_modules=[q_proj,k_proj,v_proj,o_proj]",
+            "dataset@sft.dataset=alpaca",
+            "sft.global_batch_size=64",
+            "sft.micro_batch_size=2",
+            "sft.logging_steps=10",
+            "sft.save_total_limit=2",
+        ],
+        "sft",
+    ),
+    (
+        "itrex-xeon-ptun-llama2",
+        ITREX_XEON_PTUN_LLAMA2,
+        [
+            "recipe=instruct",
+            *XEON,
+            "model=llama2_7b_chat",
+            "sft.micro_batch_size=4",
+            "peft@sft.peft=p_tuning",
+            "sft.packing=false",
+            "sft.group_by_length=true",
+        ],
+        "sft",
+    ),
+    (
+        "itrex-xeon-lora-mpt",
+        ITREX_XEON_LORA_MPT,
+        ["recipe=instruct", *XEON, "model=mpt_7b", "sft.micro_batch_size=4", "sft.group_by_length=true"],
+        "sft",
+    ),
+    (
+        "itrex-xeon-flan-t5",
+        ITREX_XEON_FLAN_T5,
+        [
+            "recipe=instruct",
+            "hardware=xeon_spr_ddp",
+            "hardware.master_addr=10.0.0.1",
+            "model=flan_t5_xl",
+            "sft.global_batch_size=32",
+            "sft.micro_batch_size=2",
+            "sft.learning_rate=1e-5",
+            "sft.warmup_ratio=0.03",
+            "sft.num_train_epochs=5",
+            "sft.logging_steps=10",
+            "sft.save_total_limit=2",
+            "sft.save_steps=2000",
+            "sft.packing=false",
+            "sft.task=completion",
+        ],
+        "sft",
+    ),
 ]
 
 # Script flags that are not plan arguments, and why.
@@ -156,14 +228,16 @@ def parse(command: str):
         key, value = tokens.pop(0).split("=", 1)
         env[key] = value
     script_at = next(i for i, t in enumerate(tokens) if t.endswith(".py") and "gaudi_spawn" not in t)
-    launcher, rest = tokens[:script_at], tokens[script_at + 1:]
+    launcher, rest = tokens[:script_at], tokens[script_at + 1 :]
     flags, key = {}, None
     for token in rest:
         if token.startswith("--"):
             key, _, value = token[2:].partition("=")
             flags[key] = value if value else True
         else:
-            flags[key] = token if flags[key] is True else [*([flags[key]] if isinstance(flags[key], str) else flags[key]), token]
+            flags[key] = (
+                token if flags[key] is True else [*([flags[key]] if isinstance(flags[key], str) else flags[key]), token]
+            )
     return env, launcher, tokens[script_at], flags
 
 
@@ -172,9 +246,19 @@ def _bool(value) -> bool:
 
 
 def check_flag(spec, flag: str, value) -> None:
-    a, peft = spec.args, spec.peft or {}
-    number = {"per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "logging_steps", "save_steps",
-              "save_total_limit", "num_train_epochs", "max_prompt_length", "max_length", "warmup_steps"}
+    a, peft = spec.args.view(), spec.peft or {}
+    number = {
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "max_steps",
+        "logging_steps",
+        "save_steps",
+        "save_total_limit",
+        "num_train_epochs",
+        "max_prompt_length",
+        "max_length",
+        "warmup_steps",
+    }
     if flag in number:
         assert a[flag] == int(value), flag
     elif flag in ("learning_rate", "weight_decay", "warmup_ratio"):
@@ -203,7 +287,7 @@ def check_flag(spec, flag: str, value) -> None:
         assert peft["method"] == {"lora": "lora", "ptun": "p_tuning"}[value]
     elif flag == "model_name_or_path":
         if value.startswith("sft/"):  # the merged SFT model of the same recipe
-            assert spec.inputs[0]["stage"].startswith("merge")
+            assert spec.inputs[0].stage.startswith("merge")
         else:
             assert spec.model["path"] == value
     elif flag in ("tokenizer_name_or_path", "tokenizer_name"):
@@ -213,7 +297,7 @@ def check_flag(spec, flag: str, value) -> None:
     elif flag == "trust_remote_code":
         assert spec.model["trust_remote_code"] is _bool(value)
     elif flag == "dataset_name":
-        assert spec.dataset["hub_id"] == value
+        assert spec.datasets["dataset"]["hub_id"] == value
     elif flag == "deepspeed":
         assert a["deepspeed"]["zero_optimization"]["stage"] == 3 and "zero3" in value
     else:
@@ -223,8 +307,8 @@ def check_flag(spec, flag: str, value) -> None:
 def our_launcher(spec):
     cmd = spec.launch["command"]
     if spec.launch["launcher"] == "gaudi_spawn":
-        return cmd[3:cmd.index(next(c for c in cmd if c.endswith("run_stage.py")))]
-    return cmd[:cmd.index("python")]
+        return cmd[3 : cmd.index(next(c for c in cmd if c.endswith("run_stage.py")))]
+    return cmd[: cmd.index("python")]
 
 
 @pytest.mark.parametrize("command,overrides,stage", [pytest.param(c, o, s, id=i) for i, c, o, s in CASES])

@@ -12,10 +12,32 @@ RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 def _summary(loss, exact):
-    return {"final_model": "/m", "run_dir": "/r", "stages": [
-        {"name": "sft", "kind": "sft", "status": "ran", "first_loss": 5.0, "last_loss": loss},
-        {"name": "eval", "kind": "eval", "status": "ran",
-         "results": {"base": {"exact_match": 0.0}, "final": {"exact_match": exact, "examples": 100}}}]}
+    """A run record (summary.json) as the runner writes it: each stage's StageResult.record()."""
+
+    def stage(name, kind, metrics):
+        return {
+            "name": name,
+            "kind": kind,
+            "status": "ran",
+            "wall_time_s": 1.0,
+            "output_dir": f"/a/{name}",
+            "tokens_seen": None,
+            "global_batch_size": None,
+            "metrics": metrics,
+        }
+
+    return {
+        "final_model": "/m",
+        "run_dir": "/r",
+        "stages": [
+            stage("sft", "sft", {"first_loss": 5.0, "last_loss": loss}),
+            stage(
+                "eval",
+                "eval",
+                {"results": {"base": {"exact_match": 0.0}, "final": {"exact_match": exact, "examples": 100}}},
+            ),
+        ],
+    }
 
 
 def test_final_metrics_take_the_evaluated_model_not_the_compared_ones():
@@ -37,11 +59,32 @@ def test_table_lists_swept_keys_status_and_metrics(tmp_path):
     jobs = tmp_path / "jobs"
     jobs.mkdir()
     for num, (r, loss, exact) in enumerate([(4, 0.6, 0.8), (8, 0.5, 0.9)]):
-        (jobs / f"{num}.json").write_text(json.dumps({
-            "job": num, "overrides": ["recipe=tiny", f"sft.peft.r={r}"], "status": "ok", "error": None,
-            "stages_ran": 5, "stages_cached": 0, "metrics": final_metrics(_summary(loss, exact))}))
-    (jobs / "2.json").write_text(json.dumps({"job": 2, "overrides": ["recipe=tiny", "sft.peft.r=16"], "status": "failed",
-                                             "error": "exit 1", "stages_ran": 0, "stages_cached": 0, "metrics": {}}))
+        (jobs / f"{num}.json").write_text(
+            json.dumps(
+                {
+                    "job": num,
+                    "overrides": ["recipe=tiny", f"sft.peft.r={r}"],
+                    "status": "ok",
+                    "error": None,
+                    "stages_ran": 5,
+                    "stages_cached": 0,
+                    "metrics": final_metrics(_summary(loss, exact)),
+                }
+            )
+        )
+    (jobs / "2.json").write_text(
+        json.dumps(
+            {
+                "job": 2,
+                "overrides": ["recipe=tiny", "sft.peft.r=16"],
+                "status": "failed",
+                "error": "exit 1",
+                "stages_ran": 0,
+                "stages_cached": 0,
+                "metrics": {},
+            }
+        )
+    )
     out = write_table(tmp_path)
     md = out["md"].read_text()
     assert "# Sweep: sft.peft.r" in md and "`recipe=tiny`" in md
@@ -54,8 +97,12 @@ def test_launcher_and_sweeper_configs_name_real_plugins_and_recipe_keys():
     local = yaml.safe_load((RECIPES / "hydra/launcher/local_parallel.yaml").read_text())
     slurm = yaml.safe_load((RECIPES / "hydra/launcher/slurm.yaml").read_text())
     search = yaml.safe_load((RECIPES / "hydra/sweeper/lora_search.yaml").read_text())
-    assert local["defaults"] == ["joblib"] and slurm["defaults"] == ["submitit_slurm"] and search["defaults"] == ["optuna"]
+    assert (
+        local["defaults"] == ["joblib"] and slurm["defaults"] == ["submitit_slurm"] and search["defaults"] == ["optuna"]
+    )
     # every searched key is a key of the recipe (one point of each range composes and validates)
-    recipe = compose_recipe("recipe=tiny", "sft.peft.r=16", "sft.learning_rate=1e-3", "sweep_objective=eval.exact_match")
+    recipe = compose_recipe(
+        "recipe=tiny", "sft.peft.r=16", "sft.learning_rate=1e-3", "sweep_objective=eval.exact_match"
+    )
     assert set(search["params"]) == {"sft.peft.r", "sft.learning_rate"}
     assert recipe.stages["sft"].peft.r == 16 and recipe.sweep_objective == "eval.exact_match"

@@ -1,0 +1,128 @@
+"""A device type (cpu, cuda, xpu, hpu): named capabilities stages ask for, precision, trainer classes.
+
+Stages and the planner never test a device's name: they ask ``device.can("swiglu_recompute")``. The
+plan-time half (precision, capabilities, training-argument extras, environment) is pure Python, so
+``mode=plan`` works on a machine without the device's software stack; trainer classes are imported
+only when a stage runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+BITSANDBYTES_OPTIMS = {"paged_adamw_32bit", "adamw_8bit"}
+
+# The capabilities a device may have, and what each lets a stage do.
+CAPABILITIES = {
+    "per_sample_attention": "packed samples attend per sample through transformers' attention interface "
+    "(varlen-style SDPA); without it, a block-diagonal mask",
+    "labelled_logits": "compute logits only where a label is predicted (boolean logits_to_keep, shapes change per "
+    "batch)",
+    "swiglu_recompute": "SwiGLU MLPs keep gate and up only and recompute the activation in the backward",
+    "compact_lm_head": "TRL's fused LM head may skip unlabelled positions (only on Triton devices by default)",
+    "reference_before_training": "DPO scores the reference once before training by default",
+    "bitsandbytes": "paged and 8-bit optimizers (bitsandbytes)",
+    "retained_freed_memory": "glibc's malloc may keep freed memory for the next step (hardware.retain_freed_memory)",
+}
+
+
+class DeviceArgs(BaseModel):
+    """Training-argument keywords a device adds (None: not set)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    use_cpu: bool | None = None
+    ddp_backend: str | None = None
+    use_habana: bool | None = None
+    use_lazy_mode: bool | None = None
+    use_hpu_graphs_for_training: bool | None = None
+    throughput_warmup_steps: int | None = None
+    pipelining_fwd_bwd: bool | None = None
+    gaudi_config: dict[str, bool] | None = None  # passed to the trainer as a GaudiConfig, not as an argument
+
+    def set_values(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+    def training_kwargs(self) -> dict[str, Any]:
+        return {k: v for k, v in self.set_values().items() if k != "gaudi_config"}
+
+
+class Device:
+    """Plan-time answers for one hardware profile's device; run-time hooks import lazily."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[frozenset[str]] = frozenset(CAPABILITIES) - {
+        "compact_lm_head",
+        "bitsandbytes",
+        "retained_freed_memory",
+    }
+    # optimum-habana's TRL classes follow an older TRL API: its devices say so here
+    sft_with_trl: ClassVar[bool] = True  # unpacked SFT through TRL's SFTTrainer (else the plain Trainer + our collator)
+    dpo_tokenizer_kwarg: ClassVar[str] = "processing_class"  # how the DPO trainer takes the tokenizer
+
+    def __init__(self, hardware):
+        self.hw = hardware
+
+    def can(self, capability: str) -> bool:
+        if capability not in CAPABILITIES:
+            raise KeyError(f"unknown device capability {capability!r}; known: {', '.join(sorted(CAPABILITIES))}")
+        return capability in self.capabilities
+
+    # ---- plan time (pure) -------------------------------------------------------------
+    def precision(self) -> str:
+        return self.hw.precision
+
+    def resolve_optim(self, optim: str, notes: list[str]) -> str:
+        if optim in BITSANDBYTES_OPTIMS and not self.can("bitsandbytes"):
+            notes.append(f"optim {optim} needs bitsandbytes on CUDA; using adamw_torch on {self.name}")
+            return "adamw_torch"
+        return optim
+
+    def training_args(self, stage, distributed: bool) -> DeviceArgs:
+        """What this device adds to a training stage's arguments."""
+        multi = self.hw.world_size > 1 and bool(self.hw.ddp_backend)
+        return DeviceArgs(ddp_backend=self.hw.ddp_backend if multi else None)
+
+    def env(self, zero_stage: int | None, model) -> dict[str, str]:
+        env = dict(model.launch_env.get(self.name, {}))
+        env.update(self.hw.env)
+        if self.hw.omp_num_threads:
+            env["OMP_NUM_THREADS"] = str(self.hw.omp_num_threads)
+        return env
+
+    # ---- run time (heavy imports happen inside) -------------------------------------
+    def stage_memory(self) -> contextlib.AbstractContextManager:
+        """A context the stage runs in, for host-memory settings (the CPU's allocator)."""
+        return contextlib.nullcontext()
+
+    def runtime_training_kwargs(self, device_args: DeviceArgs) -> dict[str, Any]:
+        """The device's keywords for the training arguments, as this machine can honour them."""
+        return device_args.training_kwargs()
+
+    def trainer_classes(self):
+        from transformers import Trainer, TrainingArguments
+
+        return Trainer, TrainingArguments
+
+    def sft_classes(self):
+        from trl import SFTConfig, SFTTrainer
+
+        return SFTTrainer, SFTConfig
+
+    def dpo_classes(self):
+        from trl import DPOConfig, DPOTrainer
+
+        return DPOTrainer, DPOConfig
+
+    def trainer_kwargs(self, device_args: DeviceArgs) -> dict[str, Any]:
+        return {}
+
+    def torch_device(self) -> str:
+        return self.name
+
+    def device_problems(self) -> list[str]:
+        """What this machine lacks to run the profile's device (checked before any stage starts)."""
+        return []

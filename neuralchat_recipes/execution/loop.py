@@ -1,0 +1,204 @@
+"""Run a plan: check what can fail cheaply, then each stage from the cache or by running it, then the run record.
+
+``runs/<recipe>-<time>-<pid>/`` under ``output_root`` holds one record per run: plan.json, recipe.json,
+summary.json, report.md and a link to each stage's artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..backends import get_device, runtime_problems
+from ..config import ConfigError
+from ..graph import produces
+from ..plan import Plan, StageSpec
+from ..recipe import RecipeConfig
+from .present import StageResult, console_summary
+from .secrets import scrub
+from .store import fresh_final, is_cached, publish, read_manifest, stage_lock
+from .supervise import launch_stage
+
+log = logging.getLogger("neuralchat_recipes")
+
+
+class RunError(ConfigError):
+    """Something about the run's surroundings (paths, data, devices) that must change before training."""
+
+    heading = "cannot run"
+
+
+def setup_logging() -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def quiet_libraries() -> None:
+    """Our progress lines replace the libraries' bars; deprecation chatter is not for users."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*")
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def library_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"neuralchat-recipes": __version__}
+    for name in ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "deepspeed", "optimum-habana"):
+        with contextlib.suppress(metadata.PackageNotFoundError):  # optional ones may be missing
+            out[name] = metadata.version(name)
+    return out
+
+
+def recipe_json(recipe: RecipeConfig) -> str:
+    """The validated recipe as JSON with its stages back at the top level (what build_recipe reads)."""
+    data = recipe.model_dump(mode="json")
+    stages = data.pop("stages")
+    data.update(stages)
+    data["mode"] = "run"
+    return json.dumps(scrub(data), indent=2)
+
+
+def check_writable(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise RunError(
+            [
+                f"`output_root` = {str(root)!r}: cannot write there ({exc.strerror or exc}); "
+                "set output_root=/a/writable/dir"
+            ]
+        ) from None
+
+
+def preflight(recipe: RecipeConfig, plan: Plan) -> None:
+    """Everything that can fail cheaply fails here, before the first stage trains."""
+    from ..data.formats import DataError
+    from ..data.loading import load_splits
+    from ..stages import KINDS
+
+    check_writable(Path(plan.output_root))
+    pending = [spec for spec in plan.stages if not is_cached(spec)]
+    problems = runtime_problems(recipe.hardware, {s.launch["launcher"] for s in pending}) if pending else []
+    for spec in pending:
+        for key, dataset, use in KINDS[spec.kind].datasets(recipe.stages[spec.name]):
+            try:
+                load_splits(dataset, use)
+            except DataError as exc:
+                problems.append(f"`{spec.name}.{key}` ({dataset.name}): {exc}")
+    if problems:
+        raise RunError(problems)
+
+
+def _execute(recipe: RecipeConfig, spec: StageSpec, staging: Path) -> dict[str, Any]:
+    from ..stages import StageContext, run_stage_kind
+
+    quiet_libraries()
+    if spec.launch["launcher"] == "inprocess":
+        device = get_device(recipe.hardware)
+        return run_stage_kind(StageContext(recipe, spec, device, staging / "checkpoints", staging / "final"))
+    return launch_stage(spec, staging)
+
+
+def run_stage(recipe: RecipeConfig, spec: StageSpec) -> tuple[dict[str, Any], str]:
+    """(the stage's manifest, "ran" or "cached"): from the store, or computed and published."""
+    out, staging = Path(spec.output_dir), Path(spec.staging_dir)
+    if is_cached(spec):
+        log.info("[%s] skipped: finished earlier with the same fingerprint (%s)", spec.name, out)
+        return read_manifest(spec), "cached"
+    with stage_lock(staging.with_name(staging.name + ".lock"), spec.name):
+        if is_cached(spec):  # another job finished it while we waited
+            log.info("[%s] skipped: another run just finished it (%s)", spec.name, out)
+            return read_manifest(spec), "cached"
+        fresh_final(staging)
+        (staging / "recipe.json").write_text(recipe_json(recipe))
+        log.info("[%s] running %s stage (fingerprint %s)", spec.name, spec.kind, spec.fingerprint[:16])
+        t0 = time.time()
+        metrics = _execute(recipe, spec, staging)
+        wall = time.time() - t0
+        manifest = publish(
+            staging,
+            out,
+            {
+                "name": spec.name,
+                "kind": spec.kind,
+                "fingerprint": spec.fingerprint,
+                "recipe": recipe.name,
+                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "wall_time_s": round(wall, 3),
+                "tokens_seen": metrics.get("tokens_seen"),
+                "inputs": [i.to_dict() for i in spec.inputs],
+                "config": {
+                    "stage": recipe.stages[spec.name].model_dump(mode="json"),
+                    "model": recipe.model.model_dump(mode="json"),
+                    "hardware": recipe.hardware.name,
+                    "precision": spec.args.precision,
+                },
+                "args": spec.args.view(),
+                "peft": spec.peft,
+                "datasets": spec.datasets,
+                "launch": spec.launch,
+                "versions": library_versions(),
+                "metrics": metrics,
+            },
+        )
+        log.info("[%s] done in %.1fs -> %s", spec.name, wall, out)
+        return manifest, "ran"
+
+
+def run_plan(recipe: RecipeConfig, plan: Plan) -> dict[str, Any]:
+    setup_logging()
+    token = os.environ.get(recipe.hub_token_env)
+    if token and recipe.hub_token_env != "HF_TOKEN":
+        os.environ["HF_TOKEN"] = token  # the hub libraries (and launched stages) read HF_TOKEN
+    root = Path(plan.output_root)
+    preflight(recipe, plan)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = root / "runs" / f"{recipe.name}-{stamp}-{os.getpid()}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "plan.json").write_text(json.dumps(scrub(plan.to_dict()), indent=2))
+    (run_dir / "recipe.json").write_text(recipe_json(recipe))
+    log.info("recipe %s on %s: %s", recipe.name, recipe.hardware.name, " -> ".join(s.name for s in plan.stages))
+    results = []
+    for spec in plan.stages:
+        manifest, status = run_stage(recipe, spec)
+        results.append(StageResult.from_manifest(manifest, status, spec.output_dir))
+        (run_dir / spec.name).symlink_to(Path(spec.output_dir))
+    final_model = next(
+        (s.output_dir for s in reversed(plan.stages) if produces(recipe.stages[s.name]) == "model"), None
+    )
+    summary = {
+        "recipe": recipe.name,
+        "hardware": recipe.hardware.name,
+        "run_dir": str(run_dir),
+        "final_model": final_model,
+        "stages": [r.record() for r in results],
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    from ..report import write_report
+
+    summary["report"] = str(write_report(run_dir, summary, results))
+    print(console_summary(summary, results))
+    return summary

@@ -1,0 +1,309 @@
+"""What every training kind shares at plan time: its resolved settings, their mapping onto the trainer, its rules.
+
+``ResolvedTraining`` is a training stage as it will run: the global batch split over the devices, the
+ZeRO stage actually used and its DeepSpeed config, the optimizer this device can run, the device's own
+arguments. ``training_arguments`` maps it onto a TrainingArguments-like class, next to the fields it
+reads. ``TrainingKind`` gives the kinds that train (sft, dpo ...) their place in the graph and the rules
+they share. Running the trainer is train_loop.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from ..backends.deepspeed_config import build_ds_config
+from ..backends.device import DeviceArgs
+from ..config.base import NOT_FINGERPRINTED
+from ..config.peft import PeftConfig
+from .kind import PlanContext, PlanError, Resolved, StageKind
+
+log = logging.getLogger("neuralchat_recipes")
+
+NF = NOT_FINGERPRINTED
+
+
+class ResolvedTraining(Resolved):
+    bf16: bool
+    fp16: bool
+    global_batch_size: int
+    per_device_train_batch_size: int = Field(json_schema_extra=NF)
+    gradient_accumulation_steps: int = Field(json_schema_extra=NF)
+    learning_rate: float
+    lr_scheduler_type: str
+    warmup_ratio: float
+    warmup_steps: int
+    weight_decay: float
+    optim: str
+    adam_epsilon: float
+    max_grad_norm: float
+    num_train_epochs: float | None
+    max_steps: int | None
+    gradient_checkpointing: bool = Field(json_schema_extra=NF)
+    seed: int
+    save_steps: int = Field(json_schema_extra=NF)
+    save_total_limit: int | None = Field(json_schema_extra=NF)
+    logging_steps: int = Field(json_schema_extra=NF)
+    template: str
+    do_eval: bool
+    eval_steps: int | None = Field(json_schema_extra=NF)
+    zero_stage: int | None = Field(default=None, json_schema_extra=NF)  # (the deepspeed config says it too)
+    deepspeed: dict[str, Any] | None
+    report_to: list[str] = Field(json_schema_extra=NF)
+    device_args: DeviceArgs = Field(json_schema_extra=NF)
+    peft: PeftConfig  # the adapter, target modules resolved from the model entry (the plan shows it as `peft`)
+
+    def fingerprint_payload(self) -> dict[str, Any]:
+        data = super().fingerprint_payload()
+        if data.get("deepspeed"):  # DeepSpeed's own logging cadence does not change the weights
+            data["deepspeed"] = {k: v for k, v in data["deepspeed"].items() if k != "steps_per_print"}
+        return data
+
+    def view(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json", exclude={"device_args", "peft", "zero_stage"})
+        return {**data, **self.device_args.set_values()}
+
+    def training_arguments(self, output_dir: str, fields: set[str], device, extra: dict[str, Any]) -> dict[str, Any]:
+        """Keywords for a TrainingArguments-like class with these dataclass ``fields``."""
+        kwargs = self.wanted_arguments(output_dir, fields, device, extra)
+        dropped = sorted(k for k in kwargs if k not in fields)
+        if dropped:  # a setting the installed library does not know: say so rather than train differently
+            log.warning("training arguments this trainer does not take, left out: %s", ", ".join(dropped))
+        return {k: v for k, v in kwargs.items() if k in fields}
+
+    def wanted_arguments(self, output_dir: str, fields: set[str], device, extra: dict[str, Any]) -> dict[str, Any]:
+        """Every keyword the stage asks for (names that differ between library versions picked by ``fields``)."""
+        warm: dict[str, Any] = {}
+        if self.warmup_steps:
+            warm["warmup_steps"] = self.warmup_steps
+        elif self.warmup_ratio:  # newer transformers take a ratio through warmup_steps (a float below 1)
+            warm["warmup_ratio" if "warmup_ratio" in fields else "warmup_steps"] = self.warmup_ratio
+        kwargs: dict[str, Any] = dict(
+            output_dir=output_dir,
+            learning_rate=self.learning_rate,
+            per_device_train_batch_size=self.per_device_train_batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            num_train_epochs=self.num_train_epochs or 1,
+            max_steps=self.max_steps or -1,
+            lr_scheduler_type=self.lr_scheduler_type,
+            weight_decay=self.weight_decay,
+            optim=self.optim,
+            adam_epsilon=self.adam_epsilon,
+            max_grad_norm=self.max_grad_norm,
+            bf16=self.bf16,
+            fp16=self.fp16,
+            gradient_checkpointing=self.gradient_checkpointing,
+            seed=self.seed,
+            data_seed=self.seed,
+            save_strategy="steps",
+            save_steps=self.save_steps,
+            save_total_limit=self.save_total_limit,
+            logging_steps=self.logging_steps,
+            logging_first_step=True,
+            disable_tqdm=True,  # progress comes from our callback: one line per logging step
+            report_to=list(self.report_to),  # the run's report.md is written regardless
+            dataloader_num_workers=0,
+            remove_unused_columns=False,
+            **self.eval_arguments(),
+            **warm,
+            **device.runtime_training_kwargs(self.device_args),
+            **extra,
+        )
+        if kwargs.pop("group_by_length", False):  # transformers 5 renamed it to train_sampling_strategy
+            if "train_sampling_strategy" in fields:
+                kwargs["train_sampling_strategy"] = "group_by_length"
+            else:
+                kwargs["group_by_length"] = True
+        return kwargs
+
+    def eval_arguments(self) -> dict[str, Any]:
+        """Held-out evaluation (do_eval): at the end, and every eval_steps if set."""
+        if not self.do_eval:
+            return {}
+        return {
+            "eval_strategy": "steps" if self.eval_steps else "no",
+            "eval_steps": self.eval_steps,
+            "per_device_eval_batch_size": self.per_device_train_batch_size,
+        }
+
+
+def _micro_and_accum(global_batch: int, world: int, micro_max: int) -> tuple[int, int]:
+    per_device = global_batch // world
+    micro = max(d for d in range(1, min(micro_max, per_device) + 1) if per_device % d == 0)
+    return micro, per_device // micro
+
+
+def _host_memory_gb() -> float | None:
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
+    return None
+
+
+def _check_fits(p: PlanContext, zero_stage: int | None) -> None:
+    """Refuse plans whose weights cannot fit the profile's memory (rough, weights + optimizer only)."""
+    params, hw = p.params_billion, p.recipe.hardware
+    memory = hw.memory_gb or _host_memory_gb()
+    if not params or not memory:
+        return
+    weight_bytes = 4 if p.precision == "fp32" else 2
+    if p.stage.peft.method == "none":
+        # weights + grads + fp32 master + Adam moments (mixed precision: ~16 bytes/param)
+        states = 16
+        if zero_stage == 3:
+            need = params * states / p.world
+        elif zero_stage in (1, 2):
+            need = params * (weight_bytes + (states - weight_bytes) / p.world)
+        else:
+            need = params * states
+    else:
+        need = params * weight_bytes / (p.world if zero_stage == 3 else 1)
+    if need > memory * 0.9:
+        how = (
+            "use a profile with more devices and ZeRO-3 (e.g. hardware=gaudi2_8x), or a smaller model"
+            if zero_stage != 3 or p.world == 1
+            else "use more devices or a smaller model"
+        )
+        raise PlanError(
+            [
+                f"`{p.name}` on hardware {hw.name!r} is not supported because model {p.recipe.model.name!r} "
+                f"({params:g}B parameters, {p.precision}) needs about {need:.0f} GB per device "
+                f"{'(ZeRO-3 over ' + str(p.world) + ' devices) ' if zero_stage == 3 and p.world > 1 else ''}"
+                f"and a device has {memory:.0f} GB; {how}"
+            ]
+        )
+
+
+def _zero_stage(p: PlanContext) -> int | None:
+    """The ZeRO stage actually used: only for multi-device launches that can run DeepSpeed."""
+    stage, hw = p.stage, p.recipe.hardware
+    if stage.deepspeed is None or not stage.deepspeed.zero_stage:
+        return None
+    zero = stage.deepspeed.zero_stage
+    if p.world == 1:
+        p.notes.append(f"deepspeed ZeRO-{zero} not used: the stage runs on one device")
+        return None
+    if not hw.supports_deepspeed:
+        p.notes.append(f"deepspeed ZeRO-{zero} not used: {hw.name} runs plain DDP ({hw.launcher}, {hw.ddp_backend})")
+        return None
+    if stage.deepspeed.scheduler == "warmup_decay" and stage.deepspeed.warmup_type == "cosine":
+        p.notes.append(
+            "DeepSpeed's WarmupDecayLR knows log and linear warmup; `cosine` (as in ITREX's ds_config) "
+            "falls back to log warmup, then decays linearly"
+        )
+    return zero
+
+
+def _peft(stage, model):
+    """The stage's adapter, LoRA targets filled in from the model entry when the peft entry names none."""
+    peft = stage.peft
+    if peft.method == "lora" and not peft.target_modules and not peft.all_linear:
+        return peft.model_copy(update={"target_modules": list(model.lora_target_modules)})
+    return peft
+
+
+def resolve_training(p: PlanContext, template: str) -> dict[str, Any]:
+    """The fields every ResolvedTraining has, for a kind's resolve to complete with its own."""
+    stage, hw = p.stage, p.recipe.hardware
+    zero = _zero_stage(p)
+    _check_fits(p, zero)
+    micro, accum = _micro_and_accum(stage.global_batch_size, p.world, stage.micro_batch_size)
+    if micro != stage.micro_batch_size:
+        p.notes.append(
+            f"micro batch lowered from {stage.micro_batch_size} to {micro} so that "
+            f"{micro} x {accum} x {p.world} = {stage.global_batch_size}"
+        )
+    deepspeed = None
+    if zero:
+        deepspeed = (
+            stage.deepspeed.user_config()
+            if stage.deepspeed.config_file
+            else build_ds_config(stage.deepspeed, stage, p.precision)
+        )
+    return dict(
+        precision=p.precision,
+        bf16=p.precision == "bf16",
+        fp16=p.precision == "fp16",
+        global_batch_size=stage.global_batch_size,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accum,
+        learning_rate=stage.learning_rate,
+        lr_scheduler_type=stage.lr_scheduler_type,
+        warmup_ratio=stage.warmup_ratio,
+        warmup_steps=stage.warmup_steps,
+        weight_decay=stage.weight_decay,
+        optim=p.device.resolve_optim(stage.optim, p.notes),
+        adam_epsilon=stage.adam_epsilon,
+        max_grad_norm=stage.max_grad_norm,
+        num_train_epochs=stage.num_train_epochs,
+        max_steps=stage.max_steps,
+        gradient_checkpointing=hw.gradient_checkpointing
+        if stage.gradient_checkpointing is None
+        else stage.gradient_checkpointing,
+        seed=stage.seed,
+        save_steps=stage.save_steps,
+        save_total_limit=stage.save_total_limit,
+        logging_steps=stage.logging_steps,
+        template=template,
+        do_eval=stage.do_eval,
+        eval_steps=stage.eval_steps,
+        zero_stage=zero,
+        deepspeed=deepspeed,
+        report_to=list(p.recipe.report_to),
+        device_args=p.device.training_args(stage, p.world > 1),
+        peft=_peft(stage, p.recipe.model),
+    )
+
+
+class TrainingKind(StageKind):
+    """A kind that trains on a dataset (optionally an adapter) and produces a model or an adapter."""
+
+    distributed = True
+    data_use: ClassVar[str] = "sft"  # the rows it reads: sft | preference
+    supports_seq2seq: ClassVar[bool] = True
+    packs_virtual_tokens: ClassVar[bool] = False
+
+    def produces(self, stage) -> str | None:
+        return "model" if stage.peft.method == "none" else "adapter"
+
+    def datasets(self, stage):
+        return [("dataset", stage.dataset, self.data_use)]
+
+    def rules(self, recipe, name: str, stage) -> list[str]:
+        problems = []
+        model = recipe.model
+        if model.architecture == "seq2seq" and not self.supports_seq2seq:
+            problems.append(
+                f"`{name}`: a {self.name} stage is not supported for the seq2seq model {model.name!r}; "
+                "seq2seq models run sft, merge, eval and generate"
+            )
+        method = stage.peft.method
+        if method not in model.supported_peft:
+            problems.append(
+                f"`{name}.peft.method` = {method!r}: not supported for model {model.name!r}; "
+                f"supported: {', '.join(model.supported_peft)}"
+            )
+        if self.data_use not in stage.dataset.uses:
+            example = "orca_dpo_pairs" if self.data_use == "preference" else "slimorca"
+            what = (
+                "a preference dataset (prompt, chosen, rejected)"
+                if self.data_use == "preference"
+                else "a supervised dataset"
+            )
+            problems.append(
+                f"`{name}.dataset` = {stage.dataset.name!r}: a {self.name} stage needs {what}, but format "
+                f"{stage.dataset.format!r} is not one; pick e.g. dataset@{name}.dataset={example}"
+            )
+        world = recipe.hardware.world_size
+        if stage.global_batch_size % world:
+            problems.append(
+                f"`{name}.global_batch_size` = {stage.global_batch_size}: not divisible by hardware "
+                f"{recipe.hardware.name!r}'s world size {world}; use a multiple of {world}"
+            )
+        return problems
