@@ -28,9 +28,18 @@ def test_plan_prints_json_and_nothing_else(tmp_path):
     plan = json.loads(proc.stdout)
     assert {"recipe", "hardware", "world_size", "stages"} <= set(plan)
     stage = plan["stages"][0]
-    assert {"name", "kind", "inputs", "fingerprint", "output_dir", "model", "dataset", "peft", "args", "launch"} <= set(
-        stage
-    )
+    assert {
+        "name",
+        "kind",
+        "inputs",
+        "fingerprint",
+        "output_dir",
+        "model",
+        "datasets",
+        "peft",
+        "args",
+        "launch",
+    } <= set(stage)
     assert {"launcher", "world_size", "command", "env"} <= set(stage["launch"])
     assert not (tmp_path / "outputs").exists()  # planning writes nothing
 
