@@ -49,6 +49,7 @@ def _override_points(overrides: list[str]) -> list[list[str]]:
 
 def compose(overrides: list[str]) -> dict[str, Any]:
     """Compose the recipe tree with Hydra's compose API and return a plain dict."""
+    import yaml
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -62,6 +63,12 @@ def compose(overrides: list[str]) -> dict[str, Any]:
             return to_plain(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
         raise translate_hydra_error(exc, overrides) from None
+    except yaml.YAMLError as exc:  # a recipe file that is not valid YAML: say which and where
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark else "a recipe file"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        hint = "; a value with `: ` in it needs quotes" if "mapping values are not allowed" in str(problem) else ""
+        raise ConfigError([f"{where}: not valid YAML ({problem}){hint}"]) from None
     finally:
         GlobalHydra.instance().clear()
 

@@ -58,7 +58,12 @@ def upstream_of(recipe, name: str) -> str | None:
         return None
     if stage.input is not None:
         return stage.input
-    return next((n for n in reversed(earlier(recipe, name)) if n in recipe.stages and produces(recipe.stages[n])), None)
+    # evaluations, generations and reward models are not what the next stage continues from
+    consumable = ("model", "adapter")
+    return next(
+        (n for n in reversed(earlier(recipe, name)) if n in recipe.stages and produces(recipe.stages[n]) in consumable),
+        None,
+    )
 
 
 def nearest(recipe, name: str, kind: str) -> str | None:
@@ -115,10 +120,10 @@ def rules(recipe) -> list[str]:
         upstream = upstream_of(recipe, name)
         up = recipe.stages.get(upstream) if upstream else None
         made = produces(up) if up is not None else "model"
-        if made is None:
+        if made not in ("model", "adapter"):
+            what = f"a {made.replace('_', ' ')}" if made else f"no model ({up.kind} stages produce none)"
             problems.append(
-                f"`{name}`: its input {upstream!r} produces no model ({up.kind} stages produce none); "
-                f"set `{name}.input` to a stage that produces a model"
+                f"`{name}`: its input {upstream!r} produces {what}; set `{name}.input` to a stage that produces a model"
             )
         elif made == "adapter" and "adapter" not in kind.accepts:
             problems.append(

@@ -175,7 +175,7 @@ def _plan_stage(
         name=name,
         stage=stage,
         device=device,
-        precision=device.precision(),
+        precision=device.precision(params),
         world=recipe.hardware.world_size if distributed else 1,
         model_facts=facts,
         params_billion=params,

@@ -48,6 +48,17 @@ def plot_panels(
     return True
 
 
+# curves a training stage may log: DPO / ORPO / CPO pairs, KTO's gap, GRPO's reward and KL, a reward model's accuracy
+REWARD_CURVES = [
+    ("rewards/accuracies", "reward accuracy (chosen > rejected)"),
+    ("rewards/margins", "reward margin (chosen - rejected)"),
+    ("reward", "mean reward (GRPO)"),
+    ("kl", "KL to the reference"),
+    ("accuracy", "reward model pair accuracy"),
+    ("eval_rewards/accuracies", "held-out reward accuracy"),
+]
+
+
 def _stage_row(r: StageResult) -> str:
     status = "cached" if r.status == "cached" else "ran"
     wall = f"{r.wall_time_s:.4g} s" if r.wall_time_s is not None else "-"
@@ -68,22 +79,15 @@ def write_report(run_dir: Path, summary: dict[str, Any], results: list[StageResu
     images = []
     if plot_panels(run_dir / "loss.png", f"{summary['recipe']}: loss per training stage", panels):
         images.append(("Loss per stage", "loss.png"))
-    rewarded = [r for r in trained if _series(r.metrics["history"], "rewards/accuracies")[0]]
-    if rewarded and plot_panels(
-        run_dir / "dpo_rewards.png",
-        f"{summary['recipe']}: preference rewards",
-        [
-            (
-                "reward accuracy (chosen > rejected)",
-                [(r.name, *_series(r.metrics["history"], "rewards/accuracies"), "-o") for r in rewarded],
-            ),
-            (
-                "reward margin (chosen - rejected)",
-                [(r.name, *_series(r.metrics["history"], "rewards/margins"), "-o") for r in rewarded],
-            ),
-        ],
+    curves = [
+        (key, title) for key, title in REWARD_CURVES if any(_series(r.metrics["history"], key)[0] for r in trained)
+    ]
+    if curves and plot_panels(
+        run_dir / "rewards.png",
+        f"{summary['recipe']}: rewards",
+        [(title, [(r.name, *_series(r.metrics["history"], key), "-o") for r in trained]) for key, title in curves],
     ):
-        images.append(("Preference reward accuracy and margin", "dpo_rewards.png"))
+        images.append(("Rewards", "rewards.png"))
 
     lines = [f"# {summary['recipe']} on {summary['hardware']}", "", f"Run record: `{run_dir}`", ""]
     if summary.get("final_model"):

@@ -9,6 +9,7 @@ only when a stage runs.
 from __future__ import annotations
 
 import contextlib
+import importlib
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -24,6 +25,8 @@ CAPABILITIES = {
     "swiglu_recompute": "SwiGLU MLPs keep gate and up only and recompute the activation in the backward",
     "compact_lm_head": "TRL's fused LM head may skip unlabelled positions (only on Triton devices by default)",
     "reference_before_training": "DPO scores the reference once before training by default",
+    "combined_dpo_losses": "DPO with several loss types and loss_weights (TRL's DPOConfig since 0.22; "
+    "optimum-habana's GaudiDPOConfig takes one loss_type)",
     "bitsandbytes": "paged and 8-bit optimizers (bitsandbytes)",
     "retained_freed_memory": "glibc's malloc may keep freed memory for the next step (hardware.retain_freed_memory)",
 }
@@ -59,9 +62,30 @@ class Device:
         "bitsandbytes",
         "retained_freed_memory",
     }
+    # trainer family -> (module, trainer class, its arguments class), imported only when a stage runs
+    trainers: ClassVar[dict[str, tuple[str, str, str]]] = {
+        "trainer": ("transformers", "Trainer", "TrainingArguments"),
+        "sft": ("trl", "SFTTrainer", "SFTConfig"),
+        "dpo": ("trl", "DPOTrainer", "DPOConfig"),
+        "orpo": ("trl.experimental.orpo", "ORPOTrainer", "ORPOConfig"),
+        "cpo": ("trl.experimental.cpo", "CPOTrainer", "CPOConfig"),
+        "kto": ("trl", "KTOTrainer", "KTOConfig"),
+        "reward": ("trl", "RewardTrainer", "RewardConfig"),
+        "grpo": ("trl", "GRPOTrainer", "GRPOConfig"),
+    }
     # optimum-habana's TRL classes follow an older TRL API: its devices say so here
     sft_with_trl: ClassVar[bool] = True  # unpacked SFT through TRL's SFTTrainer (else the plain Trainer + our collator)
     dpo_tokenizer_kwarg: ClassVar[str] = "processing_class"  # how the DPO trainer takes the tokenizer
+
+    def has_trainer(self, family: str) -> bool:
+        """Whether this device's software stack has a trainer of this family (a plan-time question)."""
+        return family in self.trainers
+
+    def trainer(self, family: str):
+        """(trainer class, arguments class) of a family, imported now."""
+        module, trainer, arguments = self.trainers[family]
+        loaded = importlib.import_module(module)
+        return getattr(loaded, trainer), getattr(loaded, arguments)
 
     def __init__(self, hardware):
         self.hw = hardware
@@ -72,7 +96,8 @@ class Device:
         return capability in self.capabilities
 
     # ---- plan time (pure) -------------------------------------------------------------
-    def precision(self) -> str:
+    def precision(self, params_billion: float | None = None) -> str:
+        """The profile's precision (``params_billion``: the model's size, for devices whose `auto` weighs it)."""
         return self.hw.precision
 
     def resolve_optim(self, optim: str, notes: list[str]) -> str:
@@ -101,21 +126,6 @@ class Device:
     def runtime_training_kwargs(self, device_args: DeviceArgs) -> dict[str, Any]:
         """The device's keywords for the training arguments, as this machine can honour them."""
         return device_args.training_kwargs()
-
-    def trainer_classes(self):
-        from transformers import Trainer, TrainingArguments
-
-        return Trainer, TrainingArguments
-
-    def sft_classes(self):
-        from trl import SFTConfig, SFTTrainer
-
-        return SFTTrainer, SFTConfig
-
-    def dpo_classes(self):
-        from trl import DPOConfig, DPOTrainer
-
-        return DPOTrainer, DPOConfig
 
     def trainer_kwargs(self, device_args: DeviceArgs) -> dict[str, Any]:
         return {}

@@ -54,16 +54,14 @@ class GaudiDevice(Device):
     # by tests/integration/test_optimum_habana_source.py.
     sft_with_trl = False
     dpo_tokenizer_kwarg = "tokenizer"
-
-    def trainer_classes(self):  # pragma: no cover - needs Habana's stack
-        from optimum.habana import GaudiTrainer, GaudiTrainingArguments
-
-        return GaudiTrainer, GaudiTrainingArguments
-
-    def dpo_classes(self):  # pragma: no cover - needs Habana's stack
-        from optimum.habana.trl import GaudiDPOConfig, GaudiDPOTrainer
-
-        return GaudiDPOTrainer, GaudiDPOConfig
+    # optimum-habana 1.21's trainers (checked against its source by tests/integration/test_optimum_habana_source.py).
+    # It has none for ORPO, CPO/SimPO or KTO, and its GaudiRewardTrainer takes pre-tokenized pairs (an older TRL
+    # API): those stages are refused at plan time on Gaudi profiles.
+    trainers = {
+        "trainer": ("optimum.habana", "GaudiTrainer", "GaudiTrainingArguments"),
+        "dpo": ("optimum.habana.trl", "GaudiDPOTrainer", "GaudiDPOConfig"),
+        "grpo": ("optimum.habana.trl", "GaudiGRPOTrainer", "GaudiGRPOConfig"),
+    }
 
     def trainer_kwargs(self, device_args: DeviceArgs) -> dict[str, Any]:  # pragma: no cover - needs Habana's stack
         from optimum.habana import GaudiConfig

@@ -20,6 +20,7 @@ RowFormat = Literal[
     "orca_dpo_pairs",  # system, question, chosen, rejected
     "stack_exchange_paired",  # qid, question, date, metadata, response_j, response_k
     "humaneval",  # task_id, prompt, canonical_solution, test, entry_point (openai_humaneval)
+    "kto",  # prompt, completion, label (trl-lib/kto-mix-14k): unpaired examples, desirable or not
 ]
 
 # The columns each format reads (what `columns` may rename a file's columns to).
@@ -33,6 +34,7 @@ FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
     "orca_dpo_pairs": ("system", "question", "chosen", "rejected"),
     "stack_exchange_paired": ("question", "response_j", "response_k"),
     "humaneval": ("task_id", "prompt", "canonical_solution", "test", "entry_point"),
+    "kto": ("prompt", "completion", "label"),
 }
 
 # What each format can feed: supervised pairs, preference triples, or both.
@@ -46,6 +48,7 @@ FORMAT_USES: dict[str, set[str]] = {
     "orca_dpo_pairs": {"preference", "sft"},
     "stack_exchange_paired": {"preference", "sft"},
     "humaneval": {"code"},
+    "kto": {"unpaired"},
 }
 
 

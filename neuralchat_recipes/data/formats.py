@@ -151,7 +151,43 @@ def humaneval(row: Row, where: str, default_system: str | None) -> Row:
     return out
 
 
+def _text_or_turns(row: Row, key: str, where: str, role: str) -> list[Row]:
+    """A column that is a string (one turn of ``role``) or a list of {role, content} turns."""
+    value = row.get(key)
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError(f"{where}: column {key!r} is empty")
+        return [{"role": role, "content": value}]
+    if isinstance(value, list) and value:
+        roles = ("system", "user", "assistant")
+        turns = []
+        for i, turn in enumerate(value):
+            if not isinstance(turn, dict) or turn.get("role") not in roles or not isinstance(turn.get("content"), str):
+                raise DataError(
+                    f"{where}: {key}[{i}] must be an object with a role ({', '.join(roles)}) and a string content, "
+                    f"got {turn!r:.80}"
+                )
+            turns.append({"role": turn["role"], "content": turn["content"]})
+        return turns
+    raise DataError(
+        f"{where}: missing column {key!r} (columns present: {sorted(row)})"
+        if value is None
+        else f"{where}: column {key!r} must be a string or a list of turns, got {type(value).__name__}"
+    )
+
+
+def kto(row: Row, where: str, default_system: str | None) -> Row:
+    """An unpaired example (trl-lib/kto-mix-14k): the prompt, one answer, and whether it is desirable."""
+    prompt = _with_system(_text_or_turns(row, "prompt", where, "user"), default_system)
+    completion = _text_or_turns(row, "completion", where, "assistant")
+    label = row.get("label")
+    if not isinstance(label, bool) and label not in (0, 1):
+        raise DataError(f"{where}: column 'label' must be true (desirable) or false, got {label!r}")
+    return {"prompt": prompt, "completion": completion[-1]["content"], "label": bool(label)}
+
+
 ADAPTERS: dict[tuple[str, str], Callable[[Row, str, str | None], Row]] = {
+    ("kto", "unpaired"): kto,
     ("humaneval", "code"): humaneval,
     ("slimorca", "sft"): slimorca,
     ("messages", "sft"): messages_format,

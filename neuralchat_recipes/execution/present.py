@@ -18,6 +18,7 @@ SCORES = [
     ("answer_loss", "answer loss", False),
     ("preference_accuracy", "prefers chosen", True),
     ("preference_margin", "log-prob margin", False),
+    ("reward_margin", "score margin", False),  # a reward model's, in its own score units
 ]
 # Numbers an evaluation records that are not scores (counts, timing).
 NOT_SCORES = {"examples", "pairs", "seconds", "answer_perplexity"}
@@ -93,11 +94,34 @@ class StageResult:
         if is_number(first):
             parts.append(f"loss {fmt(first)} -> {fmt(last)}")
         acc, margin = self.first_last("rewards/accuracies"), self.first_last("rewards/margins")
+        rewards = []
         if is_number(acc[1]):
-            parts.append(
-                f"reward accuracy {fmt(acc[0], True)} -> {fmt(acc[1], True)}, "
-                f"margin {fmt(margin[0])} -> {fmt(margin[1])}"
+            rewards.append(f"reward accuracy {fmt(acc[0], True)} -> {fmt(acc[1], True)}")
+        if is_number(margin[1]):
+            rewards.append(f"margin {fmt(margin[0])} -> {fmt(margin[1])}")
+        if rewards:
+            parts.append(", ".join(rewards))
+        for key, title, share in (
+            ("reward", "reward", False),
+            ("kl", "kl", False),
+            ("accuracy", "pair accuracy", True),
+        ):
+            first, last = self.first_last(key)
+            if is_number(last):
+                parts.append(f"{title} {fmt(first, share)} -> {fmt(last, share)}")
+        if is_number(self.metrics.get("eval_rewards/accuracies")):  # held-out pairs, before the first step too
+            before = next(
+                (
+                    h["eval_rewards/accuracies"]
+                    for h in self.metrics.get("history", [])
+                    if h.get("step") == 0 and "eval_rewards/accuracies" in h
+                ),
+                None,
             )
+            after = fmt(self.metrics["eval_rewards/accuracies"], True)
+            parts.append(f"held-out reward accuracy {fmt(before, True) + ' -> ' if before is not None else ''}{after}")
+        if is_number(self.metrics.get("eval_accuracy")):
+            parts.append(f"held-out accuracy {fmt(self.metrics['eval_accuracy'], True)}")
         if is_number(self.metrics.get("eval_loss")):
             parts.append(f"eval loss {fmt(self.metrics['eval_loss'])} (ppl {fmt(self.metrics.get('eval_perplexity'))})")
         packing = self.metrics.get("packing")
@@ -123,7 +147,12 @@ class StageResult:
         row: dict[str, Any] = {}
         if is_number(self.first_last("loss")[1]):
             row[f"{self.name}.last_loss"] = self.first_last("loss")[1]
-        for key, col in (("rewards/accuracies", "reward_accuracy"), ("rewards/margins", "reward_margin")):
+        for key, col in (
+            ("rewards/accuracies", "reward_accuracy"),
+            ("rewards/margins", "reward_margin"),
+            ("reward", "reward"),
+            ("accuracy", "pair_accuracy"),
+        ):
             if is_number(self.first_last(key)[1]):
                 row[f"{self.name}.{col}"] = self.first_last(key)[1]
         if self.results:
@@ -167,8 +196,9 @@ def console_summary(summary: dict[str, Any], results: list[StageResult]) -> str:
         if r.results:
             detail = "before / after:"
             header, rows = eval_table(r.results)
-            table = [f"{'':37}{header[0]:<10}" + "".join(f"{h:>17}" for h in header[1:])]
-            table += [f"{'':37}{row[0]:<10}" + "".join(f"{v:>17}" for v in row[1:]) for row in rows]
+            width = max(10, *(len(row[0]) + 2 for row in rows))  # model labels are stage names
+            table = [f"{'':37}{header[0]:<{width}}" + "".join(f"{h:>17}" for h in header[1:])]
+            table += [f"{'':37}{row[0]:<{width}}" + "".join(f"{v:>17}" for v in row[1:]) for row in rows]
         if r.status == "cached":
             detail = ("(cached) " + detail).strip()
         lines.append(f"{r.name:<12}{r.kind:<9}{r.status:<8}{time_s:>8}  {detail}".rstrip())

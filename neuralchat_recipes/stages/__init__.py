@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import dpo, evaluate, export, generate, merge, sft
+from . import cpo, dpo, evaluate, export, generate, grpo, kto, merge, orpo, reward, sft
 from .kind import PlanContext, PlanError, Resolved, StageKind
 
 KINDS: dict[str, StageKind] = {
@@ -23,6 +23,11 @@ KINDS: dict[str, StageKind] = {
         evaluate.KIND,
         generate.KIND,
         export.KIND,
+        orpo.KIND,
+        cpo.KIND,
+        kto.KIND,
+        reward.KIND,
+        grpo.KIND,
     )
 }
 

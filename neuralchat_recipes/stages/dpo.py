@@ -8,17 +8,34 @@ end; ``pad_to_max`` pads every batch to ``max_length`` (static shapes for Gaudi)
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
+import re
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..config.base import NOT_FINGERPRINTED
 from ..config.stage import Template, TrainStageBase
-from .common import load_model, load_tokenizer, log, model_source, render_prompt
-from .kind import PlanContext
+from .common import load_model, load_tokenizer, log, model_source
+from .kind import PlanContext, PlanError
 from .peft_config import build_peft_config
+from .preference import pairs_dataset
 from .train_loop import completion_only_lm_head, ready_to_train, train_and_save, training_config
 from .training import ResolvedTraining, TrainingKind, resolve_training
+
+
+@lru_cache(maxsize=1)
+def installed_loss_types() -> list[str]:
+    """The DPO losses the installed TRL implements, read from its source (no import: validation stays light);
+    empty when TRL is not installed or reads differently (then nothing is refused here)."""
+    spec = importlib.util.find_spec("trl")
+    source = Path(spec.origin).parent / "trainer" / "dpo_trainer.py" if spec and spec.origin else None
+    if source is None or not source.is_file():
+        return []
+    return sorted(set(re.findall(r'loss_type == "(\w+)"', source.read_text(encoding="utf-8"))))
 
 
 class DPOStage(TrainStageBase):
@@ -38,8 +55,14 @@ class DPOStage(TrainStageBase):
     beta: float = Field(
         default=0.1, gt=0, description="DPO temperature: how far the policy may move from the reference."
     )
-    loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair"] = Field(
-        default="sigmoid", description="DPO loss variant (TRL names)."
+    loss_type: str | list[str] = Field(
+        default="sigmoid",
+        description="DPO loss (TRL's names: sigmoid, hinge, ipo, robust, exo_pair, nca_pair, bco_pair, sppo_hard, aot, "
+        "apo_zero, apo_down, discopop, sft, sigmoid_norm ... as the installed TRL has them), or several combined "
+        "with `loss_weights` (e.g. MPO: [sigmoid, bco_pair, sft]).",
+    )
+    loss_weights: list[float] | None = Field(
+        default=None, description="Weights of the combined losses (one per loss_type); null: 1 each."
     )
     label_smoothing: float = Field(default=0.0, ge=0, lt=0.5, description="Conservative DPO label smoothing.")
     max_length: int = Field(default=1024, ge=8, description="Longest prompt + response.")
@@ -70,6 +93,27 @@ class DPOStage(TrainStageBase):
     def resolved_template(self) -> str:
         return self.template
 
+    @field_validator("loss_type")
+    @classmethod
+    def _installed_loss(cls, value: str | list[str]) -> str | list[str]:
+        known = installed_loss_types()
+        for loss in [value] if isinstance(value, str) else value:
+            if known and loss not in known:
+                close = difflib.get_close_matches(loss, known, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ValueError(f"{loss!r} is not a DPO loss of the installed TRL; {hint}it has: {', '.join(known)}")
+        return value
+
+    @model_validator(mode="after")
+    def _weights_fit(self) -> DPOStage:
+        losses = [self.loss_type] if isinstance(self.loss_type, str) else self.loss_type
+        if self.loss_weights is not None and len(self.loss_weights) != len(losses):
+            raise ValueError(
+                f"`loss_weights` has {len(self.loss_weights)} weights for {len(losses)} loss types; give "
+                "one per loss (or null for equal weights)"
+            )
+        return self
+
     @model_validator(mode="after")
     def _prompt_fits(self) -> DPOStage:
         if self.max_prompt_length >= self.max_length:
@@ -81,7 +125,8 @@ class DPOStage(TrainStageBase):
 
 class ResolvedDPO(ResolvedTraining):
     beta: float
-    loss_type: str
+    loss_type: str | list[str]
+    loss_weights: list[float] | None
     label_smoothing: float
     max_length: int
     max_prompt_length: int
@@ -95,6 +140,7 @@ class ResolvedDPO(ResolvedTraining):
         return dict(
             beta=self.beta,
             loss_type=self.loss_type,
+            **({"loss_weights": self.loss_weights} if self.loss_weights is not None else {}),  # Gaudi: absent
             label_smoothing=self.label_smoothing,
             max_length=self.max_length,
             max_prompt_length=self.max_prompt_length,
@@ -115,6 +161,16 @@ class DPOKind(TrainingKind):
     def resolve(self, p: PlanContext) -> ResolvedDPO:
         stage, hw = p.stage, p.recipe.hardware
         common = resolve_training(p, stage.template)
+        if (isinstance(stage.loss_type, list) or stage.loss_weights is not None) and not p.device.can(
+            "combined_dpo_losses"
+        ):
+            raise PlanError(
+                [
+                    f"`{p.name}.loss_type` / `{p.name}.loss_weights`: hardware {hw.name!r} ({hw.device}) trains DPO "
+                    "with one loss type; give loss_type a single name and loss_weights null, or run this stage "
+                    "with a cpu, cuda or xpu profile"
+                ]
+            )
         precompute = (
             p.device.can("reference_before_training") and not common["zero_stage"]
             if stage.precompute_ref_log_probs is None
@@ -131,6 +187,7 @@ class DPOKind(TrainingKind):
             **common,
             beta=stage.beta,
             loss_type=stage.loss_type,
+            loss_weights=stage.loss_weights,
             label_smoothing=stage.label_smoothing,
             max_length=stage.max_length,
             max_prompt_length=stage.max_prompt_length,
@@ -190,7 +247,6 @@ def dpo_trainer_class(trainer_cls, max_prompt_length: int):
 
 
 def run(ctx) -> dict[str, Any]:
-    from datasets import Dataset
 
     from ..data.loading import load_splits
 
@@ -199,17 +255,12 @@ def run(ctx) -> dict[str, Any]:
     tokenizer = load_tokenizer(ctx.model, source, args.template)
     rows, held_out, data_source = load_splits(ctx.stage.dataset, "preference")
 
-    def pairs(rows_):
-        prompts = [render_prompt(tokenizer, args.template, r["prompt"]) for r in rows_]
-        data = {"prompt": prompts, "chosen": [r["chosen"] for r in rows_], "rejected": [r["rejected"] for r in rows_]}
-        if args.group_by_length:  # tokens of the longer sequence of each pair, for the length-grouped sampler
-            n = {k: [len(ids) for ids in tokenizer(v, add_special_tokens=False)["input_ids"]] for k, v in data.items()}
-            data["length"] = [p + max(c, r) for p, c, r in zip(n["prompt"], n["chosen"], n["rejected"])]
-        return Dataset.from_dict(data)
+    def pairs(rows_):  # with each pair's length for the length-grouped sampler
+        return pairs_dataset(rows_, tokenizer, args.template, with_length=args.group_by_length)
 
     dataset = pairs(rows)
     log.info("[%s] %d preference pairs from %s", ctx.name, len(dataset), data_source)
-    trainer_cls, config_cls = ctx.device.dpo_classes()
+    trainer_cls, config_cls = ctx.device.trainer("dpo")
     config = training_config(ctx, config_cls, args.dpo_config_extra())
     model = load_model(ctx.model, source, args.precision)  # after the arguments: ZeRO-3 loads it sharded
     ready_to_train(ctx, model)

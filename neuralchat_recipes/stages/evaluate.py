@@ -115,6 +115,11 @@ class EvalStage(StageBase):
         description="Also score these models for a before/after: `base` (the recipe's untrained base model) or "
         "names of earlier stages that produce a model (e.g. `merge`).",
     )
+    reward_models: list[str] = Field(
+        default_factory=list,
+        description="Earlier `reward` stages to judge on `preference_dataset`: how often each scores the chosen "
+        "answer above the rejected one, and the mean score margin.",
+    )
 
     @property
     def expanded_tasks(self) -> list[str]:
@@ -168,6 +173,7 @@ class ResolvedEval(Resolved):
     timeout_s: float
     memory_mb: int
     compare: list[str]
+    reward_models: dict[str, str] = {}  # reward stage -> the template it was trained with (its pairs' prompts)
     held_out_of: str | None = None  # rouge without a dataset: the held-out rows of this SFT stage's dataset
     held_out_dataset: DatasetConfig | None = None
 
@@ -247,12 +253,25 @@ class EvalKind(StageKind):
                 problems.append(f"`{name}.compare`: {other!r} is not `base` or an earlier stage")
             elif produces(recipe.stages[other]) != "model":
                 problems.append(f"`{name}.compare`: {other!r} does not produce a model (compare a merge stage instead)")
+        judges = [n for n in earlier(recipe, name) if produces(recipe.stages[n]) == "reward_model"]
+        for other in stage.reward_models:
+            if other not in judges:
+                problems.append(
+                    f"`{name}.reward_models`: {other!r} is not an earlier reward stage; earlier reward stages: "
+                    + (", ".join(judges) or "none")
+                )
+        if stage.reward_models and pref is None:
+            problems.append(
+                f"`{name}.reward_models`: a reward model is judged on preference pairs; add them with "
+                f"`+dataset@{name}.preference_dataset=<a preference dataset>`"
+            )
         return problems
 
     def extra_inputs(self, recipe, name, stage, upstream, by_name):
         from ..graph import base_input, stage_input
 
-        return [base_input(recipe) if other == "base" else stage_input(by_name[other]) for other in stage.compare]
+        compared = [base_input(recipe) if other == "base" else stage_input(by_name[other]) for other in stage.compare]
+        return compared + [stage_input(by_name[other]) for other in stage.reward_models]
 
     def resolve(self, p: PlanContext) -> ResolvedEval:
         stage = p.stage
@@ -280,12 +299,15 @@ class EvalKind(StageKind):
             timeout_s=stage.timeout_s,
             memory_mb=stage.memory_mb,
             compare=stage.compare,
+            reward_models={other: p.recipe.stages[other].template for other in stage.reward_models},
             held_out_of=sft if held_out else None,
             held_out_dataset=p.recipe.stages[sft].dataset if held_out else None,
         )
 
     def run(self, ctx) -> dict[str, Any]:
         metrics = _lm_eval(ctx) if ctx.args.harness == "lm_eval" else _generation_harness(ctx)
+        if ctx.args.reward_models:
+            metrics["results"].update(_judge_reward_models(ctx))
         (ctx.final / "metrics.json").write_text(json.dumps(metrics, indent=2))
         return metrics
 
@@ -296,7 +318,34 @@ KIND = EvalKind()
 def _models(ctx) -> list[tuple[str, Any]]:
     """(label, plan input) of every model scored: the stage's input ("final"), then each `compare` model."""
     first, *others = ctx.inputs
-    return [("final", first)] + [(e.stage or "base", e) for e in others]
+    return [("final", first)] + [(e.stage or "base", e) for e in others[: len(ctx.args.compare)]]
+
+
+def _judge_reward_models(ctx) -> dict[str, dict[str, float]]:
+    """Each reward model on the preference pairs: how often it scores the chosen answer higher (the column
+    a policy's "prefers chosen" is in) and by how much on average (in its own score units)."""
+    from ..data.loading import load_rows
+    from .reward import load_scorer
+
+    pairs = load_rows(ctx.stage.preference_dataset, "preference")[0]
+    judged = {}
+    for entry in ctx.inputs[1 + len(ctx.args.compare) :]:
+        t0 = time.perf_counter()
+        source = model_source(entry)
+        tokenizer = load_tokenizer(ctx.model, source, ctx.args.reward_models[entry.stage])
+        prompts = [render_prompt(tokenizer, ctx.args.reward_models[entry.stage], pair["prompt"]) for pair in pairs]
+        scores = load_scorer(source, ctx.args.batch_size)(
+            [p + pair[side] for p, pair in zip(prompts, pairs) for side in ("chosen", "rejected")]
+        )
+        margins = [scores[2 * i] - scores[2 * i + 1] for i in range(len(pairs))]
+        judged[entry.stage] = {
+            "preference_accuracy": sum(m > 0 for m in margins) / len(pairs),
+            "reward_margin": sum(margins) / len(pairs),
+            "pairs": len(pairs),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        log.info("[%s] reward model %s (%s): %s", ctx.name, entry.stage, source, judged[entry.stage])
+    return judged
 
 
 def _references(rows, tokenizer, template: str) -> tuple[list[str], list[str]]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 
-def build_peft_config(peft, seq2seq: bool = False):
-    """The peft library's config for the adapter, or None for full fine-tuning."""
+def build_peft_config(peft, seq2seq: bool = False, task: str | None = None):
+    """The peft library's config for the adapter, or None for full fine-tuning. ``task``: a peft TaskType name
+    (SEQ_CLS for reward models: the score head trains in full); the default follows the model."""
     if peft.method == "none":
         return None
     import peft as p
 
-    task = p.TaskType.SEQ_2_SEQ_LM if seq2seq else p.TaskType.CAUSAL_LM
+    task = getattr(p.TaskType, task) if task else p.TaskType.SEQ_2_SEQ_LM if seq2seq else p.TaskType.CAUSAL_LM
     if peft.method == "lora":
         return p.LoraConfig(
             r=peft.r,

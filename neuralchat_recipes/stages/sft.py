@@ -197,7 +197,7 @@ def run(ctx) -> dict[str, Any]:
         return _run_plain_trainer(ctx, source, tokenizer, examples, eval_examples)
     from datasets import Dataset
 
-    trainer_cls, config_cls = ctx.device.sft_classes()
+    trainer_cls, config_cls = ctx.device.trainer("sft")
     # training arguments first: with ZeRO-3 they make from_pretrained load the weights already sharded
     config = training_config(ctx, config_cls, args.trl_config_extra())
     model = load_model(ctx.model, source, args.precision)
@@ -263,7 +263,7 @@ def _run_plain_trainer(ctx, source: str, tokenizer, examples, eval_examples) -> 
     )
 
     args = ctx.args
-    trainer_cls, config_cls = ctx.device.trainer_classes()
+    trainer_cls, config_cls = ctx.device.trainer("trainer")
     config = training_config(ctx, config_cls, args.plain_config_extra())
     model = load_model(ctx.model, source, args.precision)
     ready_to_train(ctx, model)

@@ -125,6 +125,7 @@ class ResolvedTraining(Resolved):
         return {
             "eval_strategy": "steps" if self.eval_steps else "no",
             "eval_steps": self.eval_steps,
+            "eval_on_start": bool(self.eval_steps),  # a "before" point for the held-out curves
             "per_device_eval_batch_size": self.per_device_train_batch_size,
         }
 
@@ -208,9 +209,19 @@ def _peft(stage, model):
     return peft
 
 
-def resolve_training(p: PlanContext, template: str) -> dict[str, Any]:
-    """The fields every ResolvedTraining has, for a kind's resolve to complete with its own."""
+def resolve_training(p: PlanContext, template: str, family: str | None = None) -> dict[str, Any]:
+    """The fields every ResolvedTraining has, for a kind's resolve to complete with its own; ``family`` is the
+    trainer the kind runs, which the device must have."""
     stage, hw = p.stage, p.recipe.hardware
+    if family and not p.device.has_trainer(family):
+        has = sorted(f for f in ("sft", "dpo", "orpo", "cpo", "kto", "reward", "grpo") if p.device.has_trainer(f))
+        raise PlanError(
+            [
+                f"`{p.name}`: a {stage.kind} stage does not run on hardware {hw.name!r}: its device "
+                f"({hw.device}) has no {family} trainer (it runs {', '.join(has)}); run this stage with a "
+                "cpu, cuda or xpu profile"
+            ]
+        )
     zero = _zero_stage(p)
     _check_fits(p, zero)
     micro, accum = _micro_and_accum(stage.global_batch_size, p.world, stage.micro_batch_size)
@@ -261,11 +272,21 @@ def resolve_training(p: PlanContext, template: str) -> dict[str, Any]:
     )
 
 
+# what a kind's data must hold, and an entry that does
+DATA_USES = {
+    "sft": ("a supervised dataset", "slimorca"),
+    "preference": ("a preference dataset (prompt, chosen, rejected)", "orca_dpo_pairs"),
+    "unpaired": ("unpaired examples (prompt, completion, label): a kto-format dataset", "kto_mix"),
+    "code": ("HumanEval-format problems", "humaneval"),
+}
+
+
 class TrainingKind(StageKind):
     """A kind that trains on a dataset (optionally an adapter) and produces a model or an adapter."""
 
     distributed = True
-    data_use: ClassVar[str] = "sft"  # the rows it reads: sft | preference
+    data_use: ClassVar[str] = "sft"  # the rows it reads: sft | preference | unpaired | code (DATA_USES)
+    trainer_family: ClassVar[str | None] = None  # the trainer it runs (Device.trainers), checked at plan time
     supports_seq2seq: ClassVar[bool] = True
     packs_virtual_tokens: ClassVar[bool] = False
 
@@ -289,17 +310,20 @@ class TrainingKind(StageKind):
                 f"`{name}.peft.method` = {method!r}: not supported for model {model.name!r}; "
                 f"supported: {', '.join(model.supported_peft)}"
             )
-        if self.data_use not in stage.dataset.uses:
-            example = "orca_dpo_pairs" if self.data_use == "preference" else "slimorca"
-            what = (
-                "a preference dataset (prompt, chosen, rejected)"
-                if self.data_use == "preference"
-                else "a supervised dataset"
-            )
-            problems.append(
-                f"`{name}.dataset` = {stage.dataset.name!r}: a {self.name} stage needs {what}, but format "
-                f"{stage.dataset.format!r} is not one; pick e.g. dataset@{name}.dataset={example}"
-            )
+        for key, dataset, use in self.datasets(stage):
+            if use not in dataset.uses:
+                what, example = DATA_USES[use]
+                split = use == "unpaired" and "preference" in dataset.uses
+                problems.append(
+                    f"`{name}.{key}` = {dataset.name!r}: a {self.name} stage needs {what}, but format "
+                    f"{dataset.format!r} is not one; pick e.g. dataset@{name}.{key}={example}"
+                    + (
+                        f", or set `{name}.from_pairs=true` to split each pair into a desirable and an undesirable "
+                        "example"
+                        if split
+                        else ""
+                    )
+                )
         world = recipe.hardware.world_size
         if stage.global_batch_size % world:
             problems.append(

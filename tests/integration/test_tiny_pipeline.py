@@ -49,11 +49,11 @@ def test_the_run_report_has_the_stage_table_curves_and_results(demo):
     for stage in ("sft", "merge", "dpo", "merge_dpo", "eval"):
         assert f"| {stage} | " in report
     assert "![Loss per stage](loss.png)" in report
-    assert "![Preference reward accuracy and margin](dpo_rewards.png)" in report
-    assert "| final |" in report and "| base |" in report and "exact_match" in report
+    assert "![Rewards](rewards.png)" in report
+    assert "| final |" in report and "| base |" in report and "exact match" in report
     from PIL import Image
 
-    for name in ("loss.png", "dpo_rewards.png"):
+    for name in ("loss.png", "rewards.png"):
         with Image.open(run_dir / name) as image:
             assert image.size[0] >= 600 and image.size[1] >= 400
     assert f"report:      {run_dir / 'report.md'}" in proc.stdout

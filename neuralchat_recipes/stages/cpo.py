@@ -1,0 +1,127 @@
+"""CPO and SimPO: reference-free preference losses on the policy's own (length-normalised) log-likelihoods.
+
+TRL's CPOTrainer (trl.experimental in 1.16): ``loss_type`` sigmoid/hinge/ipo is CPO (with a behaviour-cloning
+term on the chosen answer, ``cpo_alpha``); ``simpo`` is SimPO (average log-probability per token, a target
+margin ``simpo_gamma``, no behaviour cloning); ``alphapo`` reshapes SimPO's reward. ``stage/simpo.yaml`` is
+this kind with ``loss_type: simpo``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ..config.stage import Template, TrainStageBase
+from .common import load_model, load_tokenizer, log, model_source
+from .kind import PlanContext
+from .peft_config import build_peft_config
+from .preference import pairs_dataset
+from .train_loop import completion_only_lm_head, ready_to_train, train_and_save, training_config
+from .training import ResolvedTraining, TrainingKind, resolve_training
+
+
+class CPOStage(TrainStageBase):
+    kind: Literal["cpo"] = Field(
+        default="cpo", description="Contrastive Preference Optimization / SimPO: reference-free preference learning."
+    )
+    global_batch_size: int = Field(default=8, ge=1, description="Pairs per optimizer step over all devices.")
+    learning_rate: float = Field(
+        default=1e-6,
+        gt=0,
+        description="Peak learning rate (SimPO's papers use 3e-7..1e-6 for full fine-tuning; LoRA wants more).",
+    )
+    max_steps: int | None = Field(
+        default=1000, ge=1, description="Optimizer steps to train (exclusive with num_train_epochs)."
+    )
+    loss_type: Literal["sigmoid", "hinge", "ipo", "simpo", "alphapo"] = Field(
+        default="sigmoid",
+        description="sigmoid / hinge / ipo: CPO; simpo: SimPO (length-normalised, target margin); "
+        "alphapo: SimPO with AlphaPO's reward shape.",
+    )
+    beta: float = Field(
+        default=0.1, gt=0, description="Inverse temperature of the preference loss (SimPO's paper: 2.0-2.5)."
+    )
+    cpo_alpha: float = Field(
+        default=1.0,
+        ge=0,
+        description="Weight of the behaviour-cloning NLL on the chosen answer (CPO); SimPO uses none (set 0).",
+    )
+    simpo_gamma: float = Field(default=0.5, ge=0, description="SimPO's target reward margin (loss_type simpo).")
+    label_smoothing: float = Field(
+        default=0.0, ge=0, lt=0.5, description="Conservative label smoothing (sigmoid loss)."
+    )
+    max_length: int = Field(default=1024, ge=8, description="Longest prompt + answer; longer prompts are cut first.")
+    template: Template = Field(
+        default="neural_chat", description="Prompt format the preference prompts are rendered with."
+    )
+
+
+class ResolvedCPO(ResolvedTraining):
+    loss_type: str
+    beta: float
+    cpo_alpha: float
+    simpo_gamma: float
+    label_smoothing: float
+    max_length: int
+
+    def cpo_config_extra(self) -> dict[str, Any]:
+        """CPOConfig keywords beyond the common training arguments."""
+        return dict(
+            loss_type=self.loss_type,
+            beta=self.beta,
+            cpo_alpha=self.cpo_alpha,
+            simpo_gamma=self.simpo_gamma,
+            label_smoothing=self.label_smoothing,
+            max_length=self.max_length,
+            dataset_num_proc=None,
+        )
+
+
+class CPOKind(TrainingKind):
+    name = "cpo"
+    config = CPOStage
+    data_use = "preference"
+    supports_seq2seq = False
+    trainer_family = "cpo"
+
+    def resolve(self, p: PlanContext) -> ResolvedCPO:
+        stage = p.stage
+        return ResolvedCPO(
+            **resolve_training(p, stage.template, self.trainer_family),
+            loss_type=stage.loss_type,
+            beta=stage.beta,
+            cpo_alpha=stage.cpo_alpha,
+            simpo_gamma=stage.simpo_gamma,
+            label_smoothing=stage.label_smoothing,
+            max_length=stage.max_length,
+        )
+
+    def run(self, ctx) -> dict[str, Any]:
+        from ..data.loading import load_splits
+
+        args = ctx.args
+        source = model_source(ctx.inputs[0])
+        tokenizer = load_tokenizer(ctx.model, source, args.template)
+        rows, held_out, data_source = load_splits(ctx.stage.dataset, "preference")
+        dataset = pairs_dataset(rows, tokenizer, args.template)
+        log.info("[%s] %d preference pairs from %s (%s loss)", ctx.name, len(dataset), data_source, args.loss_type)
+        trainer_cls, config_cls = ctx.device.trainer(self.trainer_family)
+        config = training_config(ctx, config_cls, args.cpo_config_extra())
+        model = load_model(ctx.model, source, args.precision)
+        ready_to_train(ctx, model)
+        with completion_only_lm_head(ctx.device):
+            trainer = trainer_cls(
+                model=model,
+                args=config,
+                train_dataset=dataset,
+                eval_dataset=pairs_dataset(held_out, tokenizer, args.template) if held_out and args.do_eval else None,
+                processing_class=tokenizer,
+                peft_config=build_peft_config(args.peft),
+                **ctx.device.trainer_kwargs(args.device_args),
+            )
+            metrics = train_and_save(ctx, trainer, tokenizer, ("loss", "rewards/accuracies", "rewards/margins"))
+        return {**metrics, "sample_unit": "pairs"}
+
+
+KIND = CPOKind()

@@ -1,0 +1,96 @@
+"""ORPO: supervised fine-tuning and preference learning in one stage, without a reference model.
+
+TRL's ORPOTrainer (trl.experimental in 1.16) adds an odds-ratio term, weighted by ``beta`` (the paper's
+lambda), to the negative log-likelihood of the chosen answer: it can start from a base model, with no SFT
+stage before it. Its pairs are rendered with the stage's template like DPO's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ..config.stage import Template, TrainStageBase
+from .common import load_model, load_tokenizer, log, model_source
+from .kind import PlanContext
+from .peft_config import build_peft_config
+from .preference import pairs_dataset
+from .train_loop import completion_only_lm_head, ready_to_train, train_and_save, training_config
+from .training import ResolvedTraining, TrainingKind, resolve_training
+
+
+class ORPOStage(TrainStageBase):
+    kind: Literal["orpo"] = Field(
+        default="orpo", description="Odds Ratio Preference Optimization: SFT and preference in one stage, no reference."
+    )
+    global_batch_size: int = Field(default=8, ge=1, description="Pairs per optimizer step over all devices.")
+    learning_rate: float = Field(
+        default=8e-6,
+        gt=0,
+        description="Peak learning rate (the paper's 8e-6 is for full fine-tuning; LoRA wants more).",
+    )
+    max_steps: int | None = Field(
+        default=1000, ge=1, description="Optimizer steps to train (exclusive with num_train_epochs)."
+    )
+    beta: float = Field(
+        default=0.1,
+        gt=0,
+        description="Weight of the odds-ratio term against the chosen answer's NLL (the paper's lambda).",
+    )
+    max_length: int = Field(default=1024, ge=8, description="Longest prompt + answer; longer prompts are cut first.")
+    template: Template = Field(
+        default="neural_chat", description="Prompt format the preference prompts are rendered with."
+    )
+
+
+class ResolvedORPO(ResolvedTraining):
+    beta: float
+    max_length: int
+
+    def orpo_config_extra(self) -> dict[str, Any]:
+        """ORPOConfig keywords beyond the common training arguments."""
+        return dict(beta=self.beta, max_length=self.max_length, dataset_num_proc=None)
+
+
+class ORPOKind(TrainingKind):
+    name = "orpo"
+    config = ORPOStage
+    data_use = "preference"
+    supports_seq2seq = False
+    trainer_family = "orpo"
+
+    def resolve(self, p: PlanContext) -> ResolvedORPO:
+        stage = p.stage
+        return ResolvedORPO(
+            **resolve_training(p, stage.template, self.trainer_family), beta=stage.beta, max_length=stage.max_length
+        )
+
+    def run(self, ctx) -> dict[str, Any]:
+        from ..data.loading import load_splits
+
+        args = ctx.args
+        source = model_source(ctx.inputs[0])
+        tokenizer = load_tokenizer(ctx.model, source, args.template)
+        rows, held_out, data_source = load_splits(ctx.stage.dataset, "preference")
+        dataset = pairs_dataset(rows, tokenizer, args.template)
+        log.info("[%s] %d preference pairs from %s", ctx.name, len(dataset), data_source)
+        trainer_cls, config_cls = ctx.device.trainer(self.trainer_family)
+        config = training_config(ctx, config_cls, args.orpo_config_extra())
+        model = load_model(ctx.model, source, args.precision)
+        ready_to_train(ctx, model)
+        with completion_only_lm_head(ctx.device):
+            trainer = trainer_cls(
+                model=model,
+                args=config,
+                train_dataset=dataset,
+                eval_dataset=pairs_dataset(held_out, tokenizer, args.template) if held_out and args.do_eval else None,
+                processing_class=tokenizer,
+                peft_config=build_peft_config(args.peft),
+                **ctx.device.trainer_kwargs(args.device_args),
+            )
+            metrics = train_and_save(ctx, trainer, tokenizer, ("loss", "rewards/accuracies", "rewards/margins"))
+        return {**metrics, "sample_unit": "pairs"}
+
+
+KIND = ORPOKind()
