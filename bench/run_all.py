@@ -79,13 +79,13 @@ def contender(name: str, work: Path, env, limit: int | None = None) -> dict:
     return {**json.loads(out.strip().splitlines()[-1]), "rss_mib": rss, "wall_s": wall}
 
 
-def ours(kind: str, work: Path, env, extra: list[str] = ()) -> dict:
+def ours(kind: str, work: Path, env, extra: list[str] = (), precision: str = "fp32") -> dict:
     # fp32 like the peers' rows (the cpu profile would pick bf16 on a CPU with AMX / AVX512-BF16)
     model = [
         "model.path=" + str(work / "model"),
         "model.revision=null",
         "model.params_billion=null",
-        "hardware.precision=fp32",
+        f"hardware.precision={precision}",
     ]
     lora = ["peft.r=16", "peft.alpha=32", "peft.dropout=0.05", "peft.target_modules=[q_proj,k_proj,v_proj,o_proj]"]
     if kind == "sft":
