@@ -8,7 +8,10 @@ transformers are imported.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 from typing import Any
 
 from .compose import CONFIG_NAME, config_dir, precheck, to_plain
@@ -39,14 +42,42 @@ def execute(recipe: RecipeConfig, plan: Plan | None = None) -> Any:
     from .execution import run_plan  # heavy imports start here
     from .stages.common import StageError
 
+    # SIGTERM (a scheduler's stop, `kill`) unwinds like Ctrl-C: locks released, nothing half-published
+    # (a handler can only be set from the main thread; a sweep job on a worker thread keeps the default)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         return run_plan(recipe, plan)
     except StageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    except Terminated:
+        print("terminated: run the same command again to resume from the last checkpoint", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
         sys.exit(130)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is (a KeyboardInterrupt, so every cleanup that handles Ctrl-C runs)."""
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("neuralchat-recipes")
+    except PackageNotFoundError:  # a source tree that was not installed
+        return "unknown (not installed)"
 
 
 def _task(cfg) -> Any:
@@ -72,13 +103,22 @@ def _task(cfg) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (its return value becomes the exit status, so it returns None)."""
-    _main(argv)
+    try:
+        _main(argv)
+        sys.stdout.flush()  # a broken pipe surfaces here rather than as a complaint at exit
+    except BrokenPipeError:
+        # the reader went away (`--help | head`): not an error of ours; keep Python from complaining at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + signal.SIGPIPE)
 
 
 def _main(argv: list[str] | None) -> Any:
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides = [a for a in argv if not a.startswith("-")]
     flags = [a for a in argv if a.startswith("-")]
+    if "--version" in flags:  # Hydra's own --version names Hydra's version
+        print(f"neuralchat-recipes {version()}")
+        return None
     informational = any(f in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c", "--version") for f in flags)
     multirun = any(f in ("-m", "--multirun") for f in flags)
     if not informational:

@@ -34,6 +34,16 @@ class ModelSourceError(ValueError):
     """A model path that cannot be used, with what to change."""
 
 
+def build_dir_beside(target: Path) -> Path:
+    """A new empty directory next to ``target`` to build it in and rename into place. mkdtemp makes it 0700;
+    it gets the mode a plain mkdir would (the umask's), so a cache on a shared filesystem stays readable."""
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
+    return tmp
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("NEURALCHAT_CACHE", Path.home() / ".cache" / "neuralchat_recipes"))
 
@@ -308,7 +318,7 @@ def _convert(gguf_file: Path, target: Path, facts: dict[str, Any]) -> None:
     model.tie_weights()
     del loaded
     apply_generation_tokens(model, tokenizer)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    tmp = build_dir_beside(target)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

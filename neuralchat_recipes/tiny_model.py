@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 from .data.paths import BUNDLED_DIR
 from .data.templates import TEMPLATES, jinja_chat_template
-from .model_sources import cache_root
+from .model_sources import build_dir_beside, cache_root
 
 BUILDER_VERSION = "1"
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -87,7 +86,7 @@ def build_tiny_llama(target: Path) -> Path:
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    tmp = build_dir_beside(target)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

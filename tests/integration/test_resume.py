@@ -56,3 +56,28 @@ def test_sigkill_mid_sft_resumes_to_the_same_weights(tmp_path):
 
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-5, rtol=1e-4), key
+
+
+def test_sigterm_mid_sft_stops_cleanly_with_the_resume_hint_and_resumes(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "neuralchat_recipes", *ARGS, f"output_root={tmp_path}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if list(tmp_path.glob("staging/sft-*/checkpoints/checkpoint-40/trainer_state.json")):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before its first checkpoint"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "terminated: run the same command again to resume from the last checkpoint" in stderr
+    assert "Traceback" not in stderr
+    assert not list(tmp_path.glob("artifacts/sft-*")), "nothing is published by a stopped stage"
+    resumed = run_cli(*ARGS, f"output_root={tmp_path}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr and "checkpoint-" in resumed.stderr

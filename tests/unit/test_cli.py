@@ -98,3 +98,21 @@ def test_console_script_matches_module(tmp_path):
     b = run("mode=plan", "recipe=neural_chat_v3", "hardware=gaudi2_8x", cwd=tmp_path)
     assert a.returncode == 0, a.stderr
     assert json.loads(a.stdout) == json.loads(b.stdout)
+
+
+def test_version_names_the_package_and_help_survives_a_closed_pipe(tmp_path):
+    from importlib.metadata import version
+
+    proc = run("--version", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"neuralchat-recipes {version('neuralchat-recipes')}"
+    # `--help | head -1` after head has gone: the read end is closed before the command writes a byte
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    piped = subprocess.run(
+        [sys.executable, "-m", "neuralchat_recipes", "--help"], stdout=write_end, stderr=subprocess.PIPE, cwd=tmp_path
+    )
+    os.close(write_end)
+    stderr = piped.stderr.decode()
+    assert piped.returncode == 141 and "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr

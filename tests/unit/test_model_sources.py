@@ -130,3 +130,16 @@ def test_a_gguf_whose_eos_is_not_the_end_of_turn_is_warned_about_at_plan_time(tm
 def test_a_missing_model_file_is_a_plan_error_naming_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"`model.path` = '/nonexistent/model.gguf': .*no such file"):
         plan_for("recipe=tiny", "model.path=/nonexistent/model.gguf", f"output_root={tmp_path}")
+
+
+def test_cached_models_get_the_umasks_mode_not_mkdtemps_0700(tmp_path):
+    import os
+
+    from neuralchat_recipes.tiny_model import build_tiny_llama
+
+    previous = os.umask(0o022)
+    try:
+        built = build_tiny_llama(tmp_path / "tiny")
+    finally:
+        os.umask(previous)
+    assert built.stat().st_mode & 0o777 == 0o755  # readable by a group on a shared filesystem
