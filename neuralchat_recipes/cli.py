@@ -82,8 +82,9 @@ def version() -> str:
 
 def _task(cfg) -> Any:
     """One Hydra job. In a multirun it records its overrides and metrics for the sweep table."""
-    from .sweep import objective, record_job
+    from .sweep import announce_job, objective, record_job
 
+    announce_job()
     try:
         recipe = build_recipe(to_plain(cfg))
         try:

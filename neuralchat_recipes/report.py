@@ -17,13 +17,19 @@ def _series(history: list[dict[str, Any]], key: str) -> tuple[list[float], list[
     return [p[0] for p in points], [p[1] for p in points]
 
 
+PANEL_COLUMNS = 3
+
+
 def plot_panels(
     path: Path,
     title: str,
     panels: list[tuple[str, list[tuple[str, list[float], list[float], str]]]],
     xlabel: str = "optimizer step",
+    xticks: list[float] | None = None,
 ) -> bool:
-    """One PNG with a panel per (y label, [(line label, xs, ys, style)]); False when nothing to draw."""
+    """One PNG with a panel per (y label, [(line label, xs, ys, style)]), at most PANEL_COLUMNS to a row so
+    that it stays readable when embedded; False when nothing to draw. xticks: the x values to mark (a sweep's
+    points: rank 4, 8, 16 rather than 4.0, 4.5, ...)."""
     panels = [(ylabel, [line for line in lines if line[1]]) for ylabel, lines in panels]
     panels = [p for p in panels if p[1]]
     if not panels:
@@ -33,14 +39,20 @@ def plot_panels(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.2), squeeze=False)
-    for ax, (ylabel, lines) in zip(axes[0], panels):
+    columns = min(PANEL_COLUMNS, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.6 * columns, 4.0 * rows), squeeze=False)
+    for ax, (ylabel, lines) in zip(axes.flat, panels):
         for label, xs, ys, style in lines:
             ax.plot(xs, ys, style, label=label, linewidth=1.8, markersize=3)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
         ax.legend()
+        if xticks:
+            ax.set_xticks(xticks, [f"{x:g}" for x in xticks])
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

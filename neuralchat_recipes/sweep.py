@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,8 @@ def final_metrics(summary: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def record_job(summary: dict[str, Any] | None, error: str | None = None) -> Path | None:
-    """In a multirun job: write this job's overrides and metrics for the sweep table."""
+def _multirun_job():
+    """This process's Hydra job config when it runs a job of a multirun, else None."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -42,7 +43,22 @@ def record_job(summary: dict[str, Any] | None, error: str | None = None) -> Path
         hc = HydraConfig.get()
     except (ImportError, ValueError):
         return None
-    if hc.mode != RunMode.MULTIRUN:
+    return hc if hc.mode == RunMode.MULTIRUN else None
+
+
+def announce_job() -> None:
+    """In a multirun job: say on the console which point of the sweep is starting (jobs run one after another
+    or side by side, and their logs are otherwise alike)."""
+    hc = _multirun_job()
+    if hc is not None:
+        swept = " ".join(o for o in hc.overrides.task if not o.startswith(("recipe=", "output_root=")))
+        print(f"sweep job {hc.job.num}: {swept or '(no overrides)'}", file=sys.stderr, flush=True)
+
+
+def record_job(summary: dict[str, Any] | None, error: str | None = None) -> Path | None:
+    """In a multirun job: write this job's overrides and metrics for the sweep table."""
+    hc = _multirun_job()
+    if hc is None:
         return None
     jobs = Path(hc.sweep.dir) / "jobs"
     jobs.mkdir(parents=True, exist_ok=True)
@@ -73,8 +89,9 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def write_table(sweep_dir: Path) -> dict[str, Path]:
-    """sweep.csv and sweep.md (and sweep.png for one numeric swept key) from the jobs' records."""
+def write_table(sweep_dir: Path, objective: str | None = None) -> dict[str, Path]:
+    """sweep.csv and sweep.md (and sweep.png for one numeric swept key) from the jobs' records; ``objective``
+    (the sweep's `sweep_objective`) leads the plot."""
     records = sorted((json.loads(p.read_text()) for p in (sweep_dir / "jobs").glob("*.json")), key=lambda r: r["job"])
     if not records:
         return {}
@@ -118,23 +135,37 @@ def write_table(sweep_dir: Path) -> dict[str, Path]:
     ]
     lines += ["| " + " | ".join(_fmt(row.get(c)) for c in shown) + " |" for row in rows]
     lines += ["", "Full rows (every override, final model, run record): `sweep.csv`."]
-    if len(swept) == 1 and _plot(sweep_dir / "sweep.png", swept[0], rows, metric_keys):
+    if len(swept) == 1 and _plot(sweep_dir / "sweep.png", swept[0], rows, metric_keys, objective):
         out["png"] = sweep_dir / "sweep.png"
         lines += ["", f"![{swept[0]} against the final metrics](sweep.png)"]
     out["md"].write_text("\n".join(lines) + "\n")
     return out
 
 
-def _plot(path: Path, key: str, rows: list[dict[str, Any]], metric_keys: list[str]) -> bool:
-    """A panel per metric (up to six) against the swept key; False for a categorical key."""
+MAX_PANELS = 9
+
+
+def plotted_metrics(metric_keys: list[str], rows: list[dict[str, Any]], objective: str | None = None) -> list[str]:
+    """The metrics sweep.png draws, most telling first: the sweep's objective, the evaluation's scores, then
+    the rest (training losses, rewards ...) in the table's order, up to MAX_PANELS; only those every job has."""
+    numeric = [m for m in metric_keys if all(is_number(row.get(m)) for row in rows)]
+    rank = {m: (m != objective, not m.startswith("eval."), i) for i, m in enumerate(numeric)}
+    return sorted(numeric, key=rank.__getitem__)[:MAX_PANELS]
+
+
+def _plot(path: Path, key: str, rows: list[dict[str, Any]], metric_keys: list[str], objective: str | None) -> bool:
+    """A panel per metric against the swept key; False for a categorical key."""
     try:
         xs = [float(row[key]) for row in rows]
     except (TypeError, ValueError, KeyError):
         return False  # a categorical key: the table says it all
-    metrics = [m for m in metric_keys if all(is_number(row.get(m)) for row in rows)][:6]
     order = sorted(range(len(xs)), key=xs.__getitem__)
-    panels = [(m, [(m, [xs[i] for i in order], [rows[i][m] for i in order], "o-")]) for m in metrics]
-    return plot_panels(path, f"sweep over {key}", panels, xlabel=key)
+    panels = [
+        (m, [(m, [xs[i] for i in order], [rows[i][m] for i in order], "o-")])
+        for m in plotted_metrics(metric_keys, rows, objective)
+    ]
+    points = sorted(set(xs))
+    return plot_panels(path, f"sweep over {key}", panels, xlabel=key, xticks=points if len(points) <= 12 else None)
 
 
 def objective(summary: dict[str, Any], metric: str) -> float:
@@ -160,6 +191,9 @@ class SweepTable(Callback):
             sweep_dir = Path(config.hydra.sweep.dir)
         except Exception:  # noqa: BLE001 - never fail the user's sweep over its table
             return
-        out = write_table(sweep_dir)
+        for job_dir in sweep_dir.iterdir() if sweep_dir.is_dir() else []:
+            if job_dir.is_dir() and job_dir.name.isdigit() and not any(job_dir.iterdir()):
+                job_dir.rmdir()  # Hydra makes a folder per job; ours write under output_root instead
+        out = write_table(sweep_dir, config.get("sweep_objective"))
         if out:
-            print(f"sweep table: {out['md']} (and {out['csv'].name})")
+            print(f"sweep table: {out['md'].resolve()} (and {out['csv'].name})")

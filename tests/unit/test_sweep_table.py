@@ -106,3 +106,28 @@ def test_launcher_and_sweeper_configs_name_real_plugins_and_recipe_keys():
     )
     assert set(search["params"]) == {"sft.peft.r", "sft.learning_rate"}
     assert recipe.stages["sft"].peft.r == 16 and recipe.sweep_objective == "eval.exact_match"
+
+
+def test_sweep_png_is_a_readable_grid_led_by_the_objective_and_the_eval_scores(tmp_path):
+    from PIL import Image
+
+    from neuralchat_recipes.sweep import MAX_PANELS, plotted_metrics
+
+    metrics = {f"sft.m{i}": float(i) for i in range(8)} | {"eval.exact_match": 0.5, "eval.stop_rate": 1.0}
+    rows = [{**metrics, "sft.peft.r": r} for r in ("4", "8", "16")]
+    keys = list(metrics)
+    assert plotted_metrics(keys, rows)[:2] == ["eval.exact_match", "eval.stop_rate"]
+    assert plotted_metrics(keys, rows, objective="sft.m3")[:3] == ["sft.m3", "eval.exact_match", "eval.stop_rate"]
+    assert len(plotted_metrics(keys, rows)) == MAX_PANELS
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    for num, r in enumerate((4, 8, 16)):
+        record = {"job": num, "overrides": [f"sft.peft.r={r}"], "status": "ok", "error": None}
+        (jobs / f"{num}.json").write_text(
+            json.dumps({**record, "stages_ran": 1, "stages_cached": 0, "metrics": metrics})
+        )
+    out = write_table(tmp_path)
+    with Image.open(out["png"]) as image:
+        width, height = image.size
+    # nine panels as a 3 x 3 grid: neither a 4000-pixel strip nor cut to six
+    assert 1200 <= width <= 2000 and 1000 <= height <= 1500, (width, height)
