@@ -137,6 +137,21 @@ def data_identity(info: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in info.items() if k not in drop}
 
 
+def content_key(payload: Any) -> str:
+    """The hash fingerprints are made of, for other content-keyed caches (an evaluation's per-model scores)."""
+    return _hash(payload)
+
+
+def dataset_identity(key: str, dataset) -> dict[str, Any]:
+    """What decides a dataset entry's rows, its local file by its bytes (``key`` names it in errors)."""
+    return data_identity(_dataset_info(key, dataset))
+
+
+def base_model_identity(recipe: RecipeConfig) -> dict[str, Any]:
+    """What decides the recipe's base model, as the fingerprints hash it (a GGUF file by its bytes)."""
+    return _model_identity(recipe.model, _base_model_facts(recipe))
+
+
 def _model_identity(model, facts: dict[str, Any] | None) -> dict[str, Any]:
     keep = ("path", "revision", "architecture", "tokenizer", "use_fast_tokenizer", "torch_dtype", "pad_token")
     identity = {k: getattr(model, k) for k in keep}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,27 @@ def render_prompt(tokenizer, template: str, messages: list[dict[str, str]]) -> s
     return prompt_text(template, messages, tokenizer.eos_token)
 
 
+class Progress:
+    """How far a long batched loop is (done / total, time left), logged at most every ``every_s`` seconds: an
+    evaluation of a real model takes minutes, and silence reads as a hang."""
+
+    def __init__(self, what: str, total: int, every_s: float = 10.0):
+        self.what, self.total, self.every_s = what, total, every_s
+        self.done, self.start = 0, time.monotonic()
+        self.last = self.start
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last < self.every_s or self.done >= self.total:
+            return
+        self.last = now
+        left = (now - self.start) / self.done * (self.total - self.done)
+        log.info(
+            "%s: %d/%d (%.0f%%), ~%.0f s left", self.what, self.done, self.total, 100 * self.done / self.total, left
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class Completion:
     text: str  # special tokens removed
@@ -119,6 +141,7 @@ def generate_texts(
     batch_size: int,
     sample: dict[str, Any] | None = None,
     num_return_sequences: int = 1,
+    what: str = "generating",
 ) -> list[list[Completion]]:
     """Batched generation (left padding, KV cache, prompts of similar length together): for each prompt, its
     completions. Generation stops at EOS or at the token the chat template ends a turn with."""
@@ -130,6 +153,7 @@ def generate_texts(
     stops = stop_token_ids(tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     by_index: dict[int, list[Completion]] = {}
+    progress = Progress(what, len(prompts))
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         enc = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False).to(
@@ -156,10 +180,13 @@ def generate_texts(
         completions = [Completion(t, bool(s)) for t, s in zip(texts, stopped)]
         for j, i in enumerate(chunk):
             by_index[i] = completions[j * num_return_sequences : (j + 1) * num_return_sequences]
+        progress.advance(len(chunk))
     return [by_index[i] for i in range(len(prompts))]
 
 
-def answer_logprobs(model, tokenizer, items: list[tuple[str, str]], batch_size: int) -> list[tuple[float, int]]:
+def answer_logprobs(
+    model, tokenizer, items: list[tuple[str, str]], batch_size: int, what: str = "scoring answers"
+) -> list[tuple[float, int]]:
     """For each (prompt, answer): the summed log-probability of the answer and the token that ends its turn,
     and that token count. Batched (right padding, similar lengths together); log-softmax only over answer tokens."""
     import torch
@@ -176,6 +203,7 @@ def answer_logprobs(model, tokenizer, items: list[tuple[str, str]], batch_size: 
     order = sorted(range(len(items)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
     results: dict[int, tuple[float, int]] = {}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    progress = Progress(what, len(items))
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         width = max(len(encoded[i][0]) + len(encoded[i][1]) for i in chunk)
@@ -193,6 +221,7 @@ def answer_logprobs(model, tokenizer, items: list[tuple[str, str]], batch_size: 
             target = torch.tensor(a_ids, device=rows.device)[:, None]
             results[i] = (torch.log_softmax(rows, dim=-1).gather(1, target).sum().item(), len(a_ids))
         del logits
+        progress.advance(len(chunk))
     return [results[i] for i in range(len(items))]
 
 

@@ -359,13 +359,17 @@ def _references(rows, tokenizer, template: str) -> tuple[list[str], list[str]]:
     return prompts, refs
 
 
-def _exact_match(model, tokenizer, rows, template: str, args) -> dict[str, float]:
+def _exact_match(model, tokenizer, rows, template: str, args, tag: str) -> dict[str, float]:
     """Exact match of greedy answers, how often they stop (end the turn within max_new_tokens), and the
     reference answers' loss and perplexity."""
     prompts, refs = _references(rows, tokenizer, template)
-    outputs = generate_texts(model, tokenizer, prompts, args.max_new_tokens, args.batch_size)
+    outputs = generate_texts(
+        model, tokenizer, prompts, args.max_new_tokens, args.batch_size, what=f"{tag}: generating answers"
+    )
     exact = sum(int(c.text.strip() == ref.strip()) for ref, (c,) in zip(refs, outputs))
-    scored = answer_logprobs(model, tokenizer, list(zip(prompts, refs)), args.batch_size)
+    scored = answer_logprobs(
+        model, tokenizer, list(zip(prompts, refs)), args.batch_size, what=f"{tag}: scoring reference answers"
+    )
     nll, answer_tokens = -sum(logp for logp, _ in scored), sum(n for _, n in scored)
     return {
         "exact_match": exact / len(rows),
@@ -376,7 +380,7 @@ def _exact_match(model, tokenizer, rows, template: str, args) -> dict[str, float
     }
 
 
-def _preference(model, tokenizer, pairs, template: str, batch_size: int) -> dict[str, float]:
+def _preference(model, tokenizer, pairs, template: str, batch_size: int, tag: str) -> dict[str, float]:
     """How often the chosen answer is more likely than the rejected one, and the mean log-prob margin."""
     prompts = [render_prompt(tokenizer, template, pair["prompt"]) for pair in pairs]
     scored = answer_logprobs(
@@ -384,6 +388,7 @@ def _preference(model, tokenizer, pairs, template: str, batch_size: int) -> dict
         tokenizer,
         [(p, pair[side]) for p, pair in zip(prompts, pairs) for side in ("chosen", "rejected")],
         batch_size,
+        what=f"{tag}: scoring preference pairs",
     )
     margins = [scored[2 * i][0] - scored[2 * i + 1][0] for i in range(len(pairs))]
     return {
@@ -393,11 +398,13 @@ def _preference(model, tokenizer, pairs, template: str, batch_size: int) -> dict
     }
 
 
-def _rouge(model, tokenizer, rows, template: str, args) -> dict[str, float]:
+def _rouge(model, tokenizer, rows, template: str, args, tag: str) -> dict[str, float]:
     from rouge_score import rouge_scorer
 
     prompts, refs = _references(rows, tokenizer, template)
-    outputs = generate_texts(model, tokenizer, prompts, args.max_new_tokens, args.batch_size)
+    outputs = generate_texts(
+        model, tokenizer, prompts, args.max_new_tokens, args.batch_size, what=f"{tag}: generating summaries"
+    )
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
     for ref, (c,) in zip(refs, outputs):
@@ -410,7 +417,7 @@ def _rouge(model, tokenizer, rows, template: str, args) -> dict[str, float]:
     }
 
 
-def _pass_at_k(model, tokenizer, problems, args) -> dict[str, Any]:
+def _pass_at_k(model, tokenizer, problems, args, tag: str) -> dict[str, Any]:
     from .code_eval import score, truncate
 
     n = args.num_samples
@@ -423,6 +430,7 @@ def _pass_at_k(model, tokenizer, problems, args) -> dict[str, Any]:
         args.batch_size,
         sample,
         num_return_sequences=n,
+        what=f"{tag}: completing problems",
     )
     completions = [[truncate(c.text) for c in cs] for cs in outputs]
     result = score(problems, completions, args.k, args.timeout_s, args.memory_mb)
@@ -458,23 +466,31 @@ def _generation_harness(ctx) -> dict[str, Any]:
     harness = args.harness
     rows = _eval_rows(ctx)
     pairs = load_rows(stage.preference_dataset, "preference")[0] if stage.preference_dataset else None
+    cache = _score_cache(ctx)
     results = {}
-    for label, entry in _models(ctx):
+    for number, (label, entry) in enumerate(_models(ctx), 1):
+        cached = cache.get(label, entry)
+        if cached is not None:
+            results[label] = cached
+            continue
         t0 = time.perf_counter()
         src = model_source(entry)
+        log.info("[%s] scoring %s (%d of %d): %s", ctx.name, label, number, 1 + len(args.compare), src)
         tokenizer = load_tokenizer(ctx.model, src, template)
         model = load_input_model(ctx.model, entry, "fp32").eval()
+        tag = f"[{ctx.name}] {label}"
         scores: dict[str, Any] = {}
         if harness == "rouge":
-            scores.update(_rouge(model, tokenizer, rows, template, args))
+            scores.update(_rouge(model, tokenizer, rows, template, args, tag))
         elif harness == "pass_at_k":
-            scores.update(_pass_at_k(model, tokenizer, rows, args))
+            scores.update(_pass_at_k(model, tokenizer, rows, args, tag))
         elif rows:
-            scores.update(_exact_match(model, tokenizer, rows, template, args))
+            scores.update(_exact_match(model, tokenizer, rows, template, args, tag))
         if pairs and harness == "builtin":
-            scores.update(_preference(model, tokenizer, pairs, template, args.batch_size))
+            scores.update(_preference(model, tokenizer, pairs, template, args.batch_size, tag))
         scores["seconds"] = round(time.perf_counter() - t0, 2)  # loading and scoring this model
         results[label] = scores
+        cache.put(entry, scores)
         log.info(
             "[%s] %s (%s): %s",
             ctx.name,
@@ -482,7 +498,17 @@ def _generation_harness(ctx) -> dict[str, Any]:
             src,
             ", ".join(f"{k} {v:.3g}" for k, v in scores.items() if isinstance(v, float)),
         )
-    return {"harness": harness, "results": results}
+    return {"harness": harness, "results": results, "cached_models": cache.hits}
+
+
+def _score_cache(ctx):
+    """The per-model score cache for this stage's settings and data (its own datasets and held-out rows)."""
+    from .score_cache import ScoreCache
+
+    datasets = {key: ds for key, ds, _ in KIND.datasets(ctx.stage)}
+    if ctx.args.held_out_dataset is not None:
+        datasets["held_out_dataset"] = ctx.args.held_out_dataset
+    return ScoreCache(ctx, datasets)
 
 
 def _lm_eval(ctx) -> dict[str, Any]:
@@ -499,7 +525,12 @@ def _lm_eval(ctx) -> dict[str, Any]:
         name, _, shots = task.partition(":")
         by_shots.setdefault(int(shots) if shots else args.num_fewshot, []).append(name)
     results: dict[str, dict[str, float]] = {}
+    cache = _score_cache(ctx)
     for label, entry in _models(ctx):
+        cached = cache.get(label, entry)
+        if cached is not None:
+            results[label] = cached
+            continue
         src = model_source(entry.adapter_base or entry)
         model_args = f"pretrained={src},dtype=auto,trust_remote_code={ctx.model.trust_remote_code}"
         if entry.adapter_base:
@@ -538,5 +569,6 @@ def _lm_eval(ctx) -> dict[str, Any]:
                     if isinstance(value, (int, float)) and "stderr" not in metric
                 }
             )
+        cache.put(entry, results[label])
         log.info("[%s] %s (%s): %s", ctx.name, label, src, ", ".join(f"{k} {v:.3g}" for k, v in results[label].items()))
-    return {"harness": "lm_eval", "results": results}
+    return {"harness": "lm_eval", "results": results, "cached_models": cache.hits}

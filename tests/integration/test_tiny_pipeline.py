@@ -139,6 +139,13 @@ def test_rerun_skips_every_stage_and_changing_beta_reruns_dpo_onward(demo):
     }
     for name, mtime in before.items():  # earlier artifacts are untouched
         assert (root / "artifacts" / name).stat().st_mtime == mtime
+    # the evaluation re-ran for the new final model only: base and SFT scores come from the score cache
+    evals = sorted(root.glob("artifacts/eval-*/manifest.json"), key=lambda p: p.stat().st_mtime)
+    first, second = (json.loads(p.read_text())["metrics"] for p in (evals[0], evals[-1]))
+    assert second["cached_models"] == ["base", "merge"], second.get("cached_models")
+    assert second["results"]["merge"] == first["results"]["merge"]
+    assert second["results"]["final"] != first["results"]["final"]
+    assert "base: scores of this model, settings and data from an earlier run" in beta.stderr
 
 
 def test_a_sweep_over_dpo_beta_trains_sft_once(tmp_path):
