@@ -73,14 +73,23 @@ def _jinja_piece(text: str) -> str:
     return " + eos_token + ".join(f"'{_jinja_literal(p)}'" for p in parts)
 
 
-def jinja_chat_template(template: str) -> str:
-    """The same format as a Jinja chat template (with {% generation %} around trained tokens)."""
+def jinja_chat_template(template: str, default_system: str | None = None) -> str:
+    """The same format as a Jinja chat template (with {% generation %} around trained tokens). With
+    ``default_system`` (the training data's system prompt for rows without one), a conversation that does not
+    start with a system message gets it, as training did: the saved model is prompted the way it learned."""
     t = TEMPLATES[template]
     a_pre, a_post = t.assistant
     trained_tail = a_post.startswith(EOS)
     a_rest = a_post[len(EOS) :] if trained_tail else a_post
+    default = (
+        "{% if messages and messages[0]['role'] != 'system' %}"
+        f"{{{{ {_jinja_piece(t.system[0] + default_system + t.system[1])} }}}}"
+        "{% endif %}"
+        if default_system
+        else ""
+    )
     return (
-        "{% for message in messages %}"
+        default + "{% for message in messages %}"
         "{% if message['role'] == 'system' %}"
         f"{{{{ {_jinja_piece(t.system[0])} + message['content'] + {_jinja_piece(t.system[1])} }}}}"
         "{% elif message['role'] == 'user' %}"

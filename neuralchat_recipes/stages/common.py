@@ -32,8 +32,9 @@ def model_source(entry) -> str:
     return loadable(entry.model, entry.package)
 
 
-def load_tokenizer(model, source: str, template: str | None):
-    """The tokenizer of ``source`` (or the entry's own tokenizer repo), with the stage's chat template."""
+def load_tokenizer(model, source: str, template: str | None, default_system: str | None = None):
+    """The tokenizer of ``source`` (or the entry's own tokenizer repo), with the stage's chat template (which
+    puts ``default_system`` before conversations without a system message, as the training data did)."""
     from transformers import AutoTokenizer
 
     has_own = Path(source).is_dir() and (Path(source) / "tokenizer_config.json").is_file()
@@ -47,7 +48,7 @@ def load_tokenizer(model, source: str, template: str | None):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = model.pad_token or tokenizer.eos_token
     if template and template != "tokenizer":
-        tokenizer.chat_template = jinja_chat_template(template)
+        tokenizer.chat_template = jinja_chat_template(template, default_system)
     elif template == "tokenizer" and not tokenizer.chat_template:
         raise StageError(
             f"template `tokenizer` needs a chat template in {name!r}, which has none; pick e.g. neural_chat"
@@ -94,6 +95,18 @@ def sft_template(recipe, name: str, own: str | None) -> str:
         return own
     sft = nearest(recipe, name, "sft")
     return recipe.stages[sft].resolved_template if sft else "neural_chat"
+
+
+def default_system(recipe, name: str) -> str | None:
+    """The system prompt a stage's model was trained to expect when none is given: the stage's own dataset's
+    ``default_system``, else that of the nearest earlier SFT stage's dataset (None: no default)."""
+    from ..graph import nearest
+
+    own = getattr(recipe.stages[name], "dataset", None)
+    if own is not None and own.default_system:
+        return own.default_system
+    sft = nearest(recipe, name, "sft")
+    return recipe.stages[sft].dataset.default_system if sft else None
 
 
 def render_prompt(tokenizer, template: str, messages: list[dict[str, str]]) -> str:

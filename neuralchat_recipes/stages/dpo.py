@@ -252,7 +252,7 @@ def run(ctx) -> dict[str, Any]:
 
     args = ctx.args
     source = model_source(ctx.inputs[0])
-    tokenizer = load_tokenizer(ctx.model, source, args.template)
+    tokenizer = load_tokenizer(ctx.model, source, args.template, args.default_system)
     rows, held_out, data_source = load_splits(ctx.stage.dataset, "preference")
 
     def pairs(rows_):  # with each pair's length for the length-grouped sampler

@@ -18,6 +18,7 @@ from ..config.stage import StageBase, Template
 from ..data.paths import resolve_data_path
 from .common import (
     StageError,
+    default_system,
     generate_texts,
     load_input_model,
     load_tokenizer,
@@ -37,7 +38,9 @@ class GenerateStage(StageBase):
         description="Also answer the prompts in this file: .txt (one per line) or .jsonl (a `prompt` field per line).",
     )
     system: str | None = Field(
-        default=None, description="System prompt put before every prompt (use the one the model was trained with)."
+        default=None,
+        description="System prompt put before every prompt; null: the one the model was trained with (the nearest "
+        "earlier SFT stage's dataset `default_system`); an empty string: none.",
     )
     template: Template | None = Field(
         default=None,
@@ -89,7 +92,7 @@ class GenerateKind(StageKind):
             prompts=stage.prompts,
             prompts_file=str(path) if path else None,
             prompts_file_sha256=file_sha256(path) if path else None,
-            system=stage.system,
+            system=default_system(p.recipe, p.name) if stage.system is None else stage.system or None,
             template=sft_template(p.recipe, p.name, stage.template),
             max_new_tokens=stage.max_new_tokens,
             do_sample=stage.do_sample,

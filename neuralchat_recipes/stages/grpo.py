@@ -172,7 +172,7 @@ class GRPOKind(TrainingKind):
 
         args = ctx.args
         source = model_source(ctx.inputs[0])
-        tokenizer = load_tokenizer(ctx.model, source, args.template)
+        tokenizer = load_tokenizer(ctx.model, source, args.template, args.default_system)
         code = ctx.stage.dataset.format == "humaneval"
         rows, _, data_source = load_splits(ctx.stage.dataset, "code" if code else "sft")
         if code:

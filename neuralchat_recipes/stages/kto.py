@@ -87,7 +87,7 @@ class KTOKind(TrainingKind):
 
         args = ctx.args
         source = model_source(ctx.inputs[0])
-        tokenizer = load_tokenizer(ctx.model, source, args.template)
+        tokenizer = load_tokenizer(ctx.model, source, args.template, args.default_system)
         rows, held_out, data_source = load_splits(ctx.stage.dataset, "preference" if args.from_pairs else "unpaired")
         if args.from_pairs:
             rows, held_out = unpaired(rows), unpaired(held_out) if held_out else None

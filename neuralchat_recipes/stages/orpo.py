@@ -71,7 +71,7 @@ class ORPOKind(TrainingKind):
 
         args = ctx.args
         source = model_source(ctx.inputs[0])
-        tokenizer = load_tokenizer(ctx.model, source, args.template)
+        tokenizer = load_tokenizer(ctx.model, source, args.template, args.default_system)
         rows, held_out, data_source = load_splits(ctx.stage.dataset, "preference")
         dataset = pairs_dataset(rows, tokenizer, args.template)
         log.info("[%s] %d preference pairs from %s", ctx.name, len(dataset), data_source)

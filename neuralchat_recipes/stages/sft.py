@@ -177,7 +177,7 @@ def run(ctx) -> dict[str, Any]:
 
     args = ctx.args
     source = model_source(ctx.inputs[0])
-    tokenizer = load_tokenizer(ctx.model, source, args.template)
+    tokenizer = load_tokenizer(ctx.model, source, args.template, args.default_system)
     rows, held_out, data_source = load_splits(ctx.stage.dataset, "sft")
     if not args.do_eval:
         held_out = None

@@ -18,6 +18,7 @@ from ..backends.deepspeed_config import build_ds_config
 from ..backends.device import DeviceArgs
 from ..config.base import NOT_FINGERPRINTED
 from ..config.peft import PeftConfig
+from .common import default_system
 from .kind import PlanContext, PlanError, Resolved, StageKind
 
 log = logging.getLogger("neuralchat_recipes")
@@ -47,6 +48,7 @@ class ResolvedTraining(Resolved):
     save_total_limit: int | None = Field(json_schema_extra=NF)
     logging_steps: int = Field(json_schema_extra=NF)
     template: str
+    default_system: str | None  # put in the saved chat template for conversations without a system message
     do_eval: bool
     eval_steps: int | None = Field(json_schema_extra=NF)
     zero_stage: int | None = Field(default=None, json_schema_extra=NF)  # (the deepspeed config says it too)
@@ -262,6 +264,7 @@ def resolve_training(p: PlanContext, template: str, family: str | None = None) -
         save_total_limit=stage.save_total_limit,
         logging_steps=stage.logging_steps,
         template=template,
+        default_system=default_system(p.recipe, p.name),
         do_eval=stage.do_eval,
         eval_steps=stage.eval_steps,
         zero_stage=zero,

@@ -218,3 +218,19 @@ def test_validation_split_is_carved_once_and_never_trained_on(tmp_path):
     tiny = DatasetConfig(name="d", path=str(path), format="alpaca", validation_split_percentage=99)
     with pytest.raises(DataError, match="lower `validation_split_percentage`"):
         load_splits(tiny, "sft")
+
+
+@pytest.mark.parametrize("template", ["neural_chat", "chatml", "llama2"])
+def test_saved_template_puts_the_training_default_system_before_conversations_without_one(template):
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    source = jinja_chat_template(template, default_system="Be brief.")
+    source = source.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    render = ImmutableSandboxedEnvironment().from_string(source).render
+    user = [{"role": "user", "content": "U"}]
+    own = [{"role": "system", "content": "S"}, *user]
+    with_default = [{"role": "system", "content": "Be brief."}, *user]
+    assert render(messages=user, eos_token="</s>", add_generation_prompt=True) == prompt_text(
+        template, with_default, "</s>"
+    )
+    assert render(messages=own, eos_token="</s>", add_generation_prompt=True) == prompt_text(template, own, "</s>")
