@@ -1,7 +1,8 @@
 """Command line: ``python -m neuralchat_recipes [hydra overrides]`` (same as ``neuralchat-recipes``).
 
 Modes: ``mode=run`` (default) executes the plan, ``mode=plan`` prints it as JSON and nothing
-else, ``mode=validate`` prints one OK line or the errors. Every job of a multirun is composed
+else, ``mode=validate`` prints one OK line or the errors; ``mode=chat`` and ``mode=generate prompt=...``
+talk to the recipe's final model (chat.py). Every job of a multirun is composed
 and validated before the first one starts; a bad config exits with status 2 before torch or
 transformers are imported.
 """
@@ -39,6 +40,10 @@ def execute(recipe: RecipeConfig, plan: Plan | None = None) -> Any:
         stages = " -> ".join(f"{s.name}({s.kind})" for s in plan.stages)
         print(f"OK: recipe {recipe.name} on {recipe.hardware.name} (world size {recipe.hardware.world_size}): {stages}")
         return plan
+    if recipe.mode in ("chat", "generate"):
+        from . import chat  # heavy imports start here
+
+        return chat.chat(recipe, plan) if recipe.mode == "chat" else chat.generate(recipe, plan)
     from .execution import run_plan  # heavy imports start here
     from .stages.common import StageError
 

@@ -24,11 +24,28 @@ from .stages import KINDS
 StageConfig = Annotated[Union[tuple(kind.config for kind in KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
 
 
+class ChatConfig(StrictModel):
+    """How `mode=chat` and `mode=generate` talk to a model."""
+
+    model: str | None = Field(
+        default=None,
+        description="A model directory to talk to; null: the recipe's final model (its last stage that makes a "
+        "model or adapter, trained by an earlier `mode=run`).",
+    )
+    max_new_tokens: int = Field(default=256, ge=1, description="Longest answer, in tokens.")
+    temperature: float = Field(default=0.0, ge=0, description="Sampling temperature; 0: greedy.")
+    system: str | None = Field(
+        default=None, description="System prompt; null: the one saved with the model (what it was trained with)."
+    )
+
+
 class RecipeConfig(StrictModel):
     name: str = Field(description="Recipe name.")
     description: str = Field(default="", description="What the recipe reproduces.")
-    mode: Literal["run", "plan", "validate"] = Field(
-        default="run", description="`run` executes the plan, `plan` prints it as JSON, `validate` checks the config."
+    mode: Literal["run", "plan", "validate", "chat", "generate"] = Field(
+        default="run",
+        description="`run` executes the plan, `plan` prints it as JSON, `validate` checks the config; `chat` talks "
+        "to the recipe's final model (interactive), `generate` answers `prompt` with it and exits.",
     )
     pipeline: list[str] = Field(
         min_length=1, description="Stage names in execution order; each names a top-level block."
@@ -48,11 +65,19 @@ class RecipeConfig(StrictModel):
         description="For search sweepers (Optuna): the job's metric they optimize, a sweep-table column "
         "such as `eval.exact_match` or `sft.last_loss`; the job returns its value.",
     )
+    prompt: str | None = Field(default=None, description="mode=generate: the message to answer.")
+    chat: ChatConfig = Field(default_factory=lambda: ChatConfig(), description="mode=chat and mode=generate.")
     hub_token_env: str = Field(
         default="HF_TOKEN",
         description="Environment variable holding the hub token for gated models and datasets; its value is "
         "passed to the hub libraries as HF_TOKEN and never written to manifests or run records.",
     )
+
+    @model_validator(mode="after")
+    def _prompt_for_generate(self) -> RecipeConfig:
+        if self.mode == "generate" and not self.prompt:
+            raise ValueError('mode=generate answers one message: give it as `prompt="..."`')
+        return self
 
     @model_validator(mode="after")
     def _cross_field(self) -> RecipeConfig:

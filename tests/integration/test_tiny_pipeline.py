@@ -2,6 +2,8 @@
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,8 +86,8 @@ def test_merged_model_loads_with_plain_transformers_and_generates(demo):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    root, _ = demo
-    final = Path(latest_summary(root)["final_model"])
+    root, proc = demo
+    final = Path(re.search(r"final model: (\S+)", proc.stdout).group(1))  # the default run's (later tests change it)
     assert (final / "model.safetensors").is_file() and not list(final.glob("adapter_*"))
     tokenizer = AutoTokenizer.from_pretrained(final)
     model = AutoModelForCausalLM.from_pretrained(final)
@@ -174,8 +176,7 @@ def test_generate_stage_answers_prompts_with_the_merged_model(tmp_path):
         'generate.prompts=["What is 2 plus 3 ?","Add 4 and 4 ."]',
         f"generate.prompts_file={prompts}",
         "generate.max_new_tokens=8",
-        "generate.batch_size=2",
-        "generate.system='You are a helpful, respectful and honest assistant.'",
+        "generate.batch_size=2",  # no system prompt given: the SFT data's default one, as in training
         f"output_root={tmp_path}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -228,3 +229,39 @@ def test_reference_scored_before_training_matches_each_pair(tmp_path):
     manifest = json.loads((next((tmp_path / "full" / "artifacts").glob("dpo-*")) / "manifest.json").read_text())
     assert manifest["metrics"]["reference_model"] == "input model, scored before training"
     assert "Computing reference log probs" not in proc.stderr  # TRL's progress bar stays quiet
+
+
+def test_talk_to_the_final_model_one_shot_and_interactively(demo):
+    from transformers import AutoTokenizer
+
+    root, proc = demo
+    final = Path(re.search(r"final model: (\S+)", proc.stdout).group(1))  # the default run's (later tests change it)
+    # the saved chat template prompts as training did: the data's default system prompt comes with it
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    user = [{"role": "user", "content": "Hi"}]
+    text = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    assert text.startswith("### System:\nYou are a helpful, respectful and honest assistant.")
+
+    one = run_cli("mode=generate", "prompt=What is 6 plus 1 ?", f"output_root={root}")
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert re.fullmatch(r"6 plus 1 is \d+ \.\n", one.stdout), one.stdout  # the answer alone, on stdout
+    assert f"model: {final}" in one.stderr
+
+    talk = subprocess.run(
+        [sys.executable, "-m", "neuralchat_recipes", "mode=chat", f"output_root={root}"],
+        input="What is 2 plus 3 ?\n/reset\nAdd 4 and 4 .\n/exit\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert talk.returncode == 0, talk.stderr[-3000:]
+    answers = re.findall(r"model> (.*)", talk.stdout)
+    assert len(answers) == 2 and all(re.fullmatch(r"\d plus \d is \d+ \.", a) for a in answers), talk.stdout
+    assert "(new conversation)" in talk.stdout
+
+
+def test_talking_before_training_says_to_run_first(tmp_path):
+    proc = run_cli("mode=generate", "prompt=Hi", f"output_root={tmp_path}")
+    assert proc.returncode == 2
+    assert "final model (stage `merge_dpo`) has not been trained with these settings yet" in proc.stderr
+    assert "error:" in run_cli("mode=generate", f"output_root={tmp_path}").stderr  # no prompt: named
