@@ -87,9 +87,10 @@ def version() -> str:
 
 def _task(cfg) -> Any:
     """One Hydra job. In a multirun it records its overrides and metrics for the sweep table."""
-    from .sweep import announce_job, objective, record_job
+    from .sweep import announce_job, objective, record_job, share_cores_with_parallel_jobs
 
     announce_job()
+    share_cores_with_parallel_jobs()
     try:
         recipe = build_recipe(to_plain(cfg))
         try:
@@ -105,6 +106,25 @@ def _task(cfg) -> Any:
         return result
     except ConfigError as exc:
         _fail(exc)
+
+
+# Hydra plugins our hydra/ configs need: (override, importable module, what installs it)
+PLUGINS = [
+    ("hydra/launcher=local_parallel", "hydra_plugins.hydra_joblib_launcher", "pip install 'neuralchat-recipes[sweep]'"),
+    ("hydra/launcher=slurm", "hydra_plugins.hydra_submitit_launcher", "pip install 'neuralchat-recipes[sweep]'"),
+    ("hydra/sweeper=lora_search", "hydra_plugins.hydra_optuna_sweeper", "pip install hydra-optuna-sweeper"),
+]
+
+
+def _missing_plugins(overrides: list[str]) -> list[str]:
+    """Hydra says only "Could not load 'hydra/launcher/joblib'"; name the package instead."""
+    import importlib.util
+
+    return [
+        f"`{override}` needs a Hydra plugin that is not installed: {install}"
+        for override, module, install in PLUGINS
+        if override in overrides and importlib.util.find_spec(module) is None
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,6 +147,9 @@ def _main(argv: list[str] | None) -> Any:
         return None
     informational = any(f in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c", "--version") for f in flags)
     multirun = any(f in ("-m", "--multirun") for f in flags)
+    missing = _missing_plugins(overrides)
+    if missing:
+        _fail(ConfigError(missing))
     if not informational:
         try:
             jobs = [(recipe, build_plan(recipe)) for recipe in map(build_recipe, precheck(overrides))]

@@ -26,10 +26,12 @@ def plot_panels(
     panels: list[tuple[str, list[tuple[str, list[float], list[float], str]]]],
     xlabel: str = "optimizer step",
     xticks: list[float] | None = None,
+    log_y: bool = False,
 ) -> bool:
     """One PNG with a panel per (y label, [(line label, xs, ys, style)]), at most PANEL_COLUMNS to a row so
     that it stays readable when embedded; False when nothing to draw. xticks: the x values to mark (a sweep's
-    points: rank 4, 8, 16 rather than 4.0, 4.5, ...)."""
+    points: rank 4, 8, 16 rather than 4.0, 4.5, ...). log_y: a log scale on panels whose values are all positive
+    (a loss falls by orders of magnitude; on a linear axis its last hundreds of steps are a flat line)."""
     panels = [(ylabel, [line for line in lines if line[1]]) for ylabel, lines in panels]
     panels = [p for p in panels if p[1]]
     if not panels:
@@ -51,6 +53,8 @@ def plot_panels(
         ax.legend()
         if xticks:
             ax.set_xticks(xticks, [f"{x:g}" for x in xticks])
+        if log_y and all(y > 0 for _, _, ys, _ in lines for y in ys):
+            ax.set_yscale("log")
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     fig.suptitle(title)
@@ -89,7 +93,7 @@ def write_report(run_dir: Path, summary: dict[str, Any], results: list[StageResu
         ]
         panels.append((f"{r.name} loss", lines))
     images = []
-    if plot_panels(run_dir / "loss.png", f"{summary['recipe']}: loss per training stage", panels):
+    if plot_panels(run_dir / "loss.png", f"{summary['recipe']}: loss per training stage", panels, log_y=True):
         images.append(("Loss per stage", "loss.png"))
     curves = [
         (key, title) for key, title in REWARD_CURVES if any(_series(r.metrics["history"], key)[0] for r in trained)

@@ -55,6 +55,21 @@ def announce_job() -> None:
         print(f"sweep job {hc.job.num}: {swept or '(no overrides)'}", file=sys.stderr, flush=True)
 
 
+def share_cores_with_parallel_jobs() -> int:
+    """In a job of a parallel sweep (joblib's ``n_jobs`` > 1): tell the thread chooser how many jobs share the
+    host, so that each takes its share of the cores rather than all of them (backends/threads.py)."""
+    import os
+
+    from .backends.threads import PARALLEL_JOBS_ENV
+
+    hc = _multirun_job()
+    n_jobs = int((hc.launcher.get("n_jobs") if hc is not None else None) or 1)
+    if n_jobs < 0:  # joblib: -1 is every CPU, -2 all but one ...
+        n_jobs = max(1, (os.cpu_count() or 1) + 1 + n_jobs)
+    os.environ[PARALLEL_JOBS_ENV] = str(n_jobs)
+    return n_jobs
+
+
 def record_job(summary: dict[str, Any] | None, error: str | None = None) -> Path | None:
     """In a multirun job: write this job's overrides and metrics for the sweep table."""
     hc = _multirun_job()

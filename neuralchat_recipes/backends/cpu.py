@@ -98,6 +98,12 @@ class CpuDevice(Device):
     def stage_memory(self) -> contextlib.AbstractContextManager:
         return retained_freed_memory() if self.hw.retain_freed_memory else contextlib.nullcontext()
 
+    def stage_threads(self, params_billion: float | None) -> contextlib.AbstractContextManager[int]:
+        """The CPU does the work: its threads are chosen for this host and model (backends/threads.py)."""
+        from .threads import choose_threads, using_threads
+
+        return using_threads(choose_threads(self.hw.omp_num_threads, params_billion))
+
     def runtime_training_kwargs(self, device_args: DeviceArgs) -> dict[str, Any]:
         kwargs = super().runtime_training_kwargs(device_args)
         if kwargs.get("ddp_backend") == "ccl" and importlib.util.find_spec("oneccl_bindings_for_pytorch") is None:

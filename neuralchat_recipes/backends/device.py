@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -123,6 +124,15 @@ class Device:
         """A context the stage runs in, for host-memory settings (the CPU's allocator)."""
         return contextlib.nullcontext()
 
+    def stage_threads(self, params_billion: float | None) -> contextlib.AbstractContextManager[int]:
+        """A context the stage runs in with a chosen number of torch threads (it yields the number): the
+        profile's `omp_num_threads` where set; otherwise torch's own choice, the accelerator doing the work."""
+        from .threads import using_threads
+
+        if self.hw.omp_num_threads:
+            return using_threads(self.hw.omp_num_threads)
+        return _torch_threads()
+
     def runtime_training_kwargs(self, device_args: DeviceArgs) -> dict[str, Any]:
         """The device's keywords for the training arguments, as this machine can honour them."""
         return device_args.training_kwargs()
@@ -136,3 +146,10 @@ class Device:
     def device_problems(self) -> list[str]:
         """What this machine lacks to run the profile's device (checked before any stage starts)."""
         return []
+
+
+@contextlib.contextmanager
+def _torch_threads() -> Iterator[int]:
+    import torch
+
+    yield torch.get_num_threads()

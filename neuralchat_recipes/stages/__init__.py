@@ -67,9 +67,10 @@ class StageContext:
 
 
 def run_stage_kind(ctx: StageContext) -> dict[str, Any]:
-    """Run a stage by its kind, inside its device's memory settings."""
-    with ctx.device.stage_memory():
-        return KINDS[ctx.spec.kind].run(ctx)
+    """Run a stage by its kind, inside its device's memory and thread settings (the thread count is recorded)."""
+    with ctx.device.stage_memory(), ctx.device.stage_threads(ctx.spec.model.get("params_billion")) as threads:
+        metrics = KINDS[ctx.spec.kind].run(ctx)
+    return {**metrics, "torch_threads": threads}
 
 
 __all__ = ["KINDS", "PlanContext", "PlanError", "Resolved", "StageContext", "StageKind", "run_stage_kind"]

@@ -265,3 +265,15 @@ def test_talking_before_training_says_to_run_first(tmp_path):
     assert proc.returncode == 2
     assert "final model (stage `merge_dpo`) has not been trained with these settings yet" in proc.stderr
     assert "error:" in run_cli("mode=generate", f"output_root={tmp_path}").stderr  # no prompt: named
+
+
+def test_the_profiles_thread_count_reaches_an_in_process_stage_and_is_recorded(tmp_path, demo):
+    proc = run_cli("pipeline=[sft]", "sft.max_steps=2", "hardware.omp_num_threads=1", f"output_root={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (manifest,) = tmp_path.glob("artifacts/sft-*/manifest.json")
+    assert json.loads(manifest.read_text())["metrics"]["torch_threads"] == 1
+    root, _ = demo  # the default chooses (backends/threads.py) and records its choice too
+    recorded = {
+        json.loads(m.read_text())["metrics"].get("torch_threads") for m in root.glob("artifacts/*/manifest.json")
+    }
+    assert recorded and all(isinstance(n, int) and n >= 1 for n in recorded), recorded

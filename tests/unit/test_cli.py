@@ -116,3 +116,20 @@ def test_version_names_the_package_and_help_survives_a_closed_pipe(tmp_path):
     os.close(write_end)
     stderr = piped.stderr.decode()
     assert piped.returncode == 141 and "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
+def test_a_missing_hydra_plugin_is_named_with_what_installs_it(tmp_path, monkeypatch):
+    import importlib.util
+
+    from neuralchat_recipes import cli
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    (msg,) = cli._missing_plugins(["recipe=tiny", "hydra/launcher=local_parallel"])
+    assert msg == (
+        "`hydra/launcher=local_parallel` needs a Hydra plugin that is not installed: "
+        "pip install 'neuralchat-recipes[sweep]'"
+    )
+    monkeypatch.undo()
+    if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:  # as a user without it sees it
+        proc = run("-m", "hydra/sweeper=lora_search", "recipe=tiny", cwd=tmp_path)
+        assert proc.returncode == 2 and "pip install hydra-optuna-sweeper" in proc.stderr, proc.stderr
