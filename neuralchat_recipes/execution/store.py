@@ -34,18 +34,30 @@ def read_manifest(spec) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def stage_lock(path: Path, name: str):
-    """Exclusive lock on a stage: a second job waits for the first rather than computing it twice."""
+    """Exclusive lock on a stage: a second job waits for the first rather than computing it twice. The holder
+    removes the lock file before letting go (no empty lock files pile up in staging/); a waiter that then
+    holds a removed file's lock sees that the path no longer names its file and locks the path anew."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
+    while True:
+        fh = open(path, "a+")  # noqa: SIM115 - closed below, after the lock is released
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             log.info("[%s] another run is computing this stage; waiting for it (%s)", name, path)
             fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            current = os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        fh.close()  # its holder removed it while we waited: lock the path's new file
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
 
 
 def fresh_final(staging: Path) -> Path:

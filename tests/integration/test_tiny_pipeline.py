@@ -42,6 +42,7 @@ def demo(tmp_path_factory):
 def test_default_command_runs_the_tiny_recipe(demo):
     root, proc = demo
     assert statuses(proc.stdout) == {s: "ran" for s in ("sft", "merge", "dpo", "merge_dpo", "eval")}
+    assert not list(root.glob("staging/*.lock"))  # each stage's lock file goes with its lock
 
 
 def test_the_run_report_has_the_stage_table_curves_and_results(demo):

@@ -82,3 +82,29 @@ def test_stage_lock_makes_the_second_holder_wait(tmp_path):
         order.append("second-in")
     t.join()
     assert order == ["first-in", "first-out", "second-in"]
+
+
+def test_a_stage_lock_leaves_no_file_and_a_waiter_locks_the_path_anew(tmp_path):
+    import threading
+    import time
+
+    from neuralchat_recipes.execution.store import stage_lock
+
+    path = tmp_path / "sft-0123.lock"
+    order = []
+    first_holds = threading.Event()
+
+    def second():
+        first_holds.wait()
+        with stage_lock(path, "sft"):
+            order.append("second")
+            assert path.is_file()  # it holds the path's current file, not the one the first removed
+
+    waiter = threading.Thread(target=second)
+    waiter.start()
+    with stage_lock(path, "sft"):
+        first_holds.set()
+        time.sleep(0.3)  # the second is waiting on this file now
+        order.append("first")
+    waiter.join(10)
+    assert order == ["first", "second"] and not path.exists()
