@@ -32,8 +32,12 @@ def defaults_of(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def schema_nodes() -> dict[tuple[str, str], dict[str, Any]]:
-    """(ConfigStore group, name) -> node, for every config group's model."""
+    """(ConfigStore group, name) -> node, for every config group's model and the recipe's top level."""
+    from .recipe import RecipeConfig  # (the recipe knows the kinds too)
+
+    top_level = {k: v for k, v in defaults_of(RecipeConfig).items() if k not in ("stages", "description")}
     nodes = {
+        ("schema", "recipe"): top_level,
         ("schema", "model"): defaults_of(ModelConfig),
         ("schema", "dataset"): defaults_of(DatasetConfig),
         ("schema", "hardware"): defaults_of(HardwareConfig),
