@@ -12,11 +12,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ..config.stage import Template, TrainStageBase
-from .common import load_model, load_tokenizer, log, model_source
 from .kind import PlanContext
-from .peft_config import build_peft_config
-from .preference import pairs_dataset
-from .train_loop import completion_only_lm_head, ready_to_train, train_and_save, training_config
+from .preference import train_without_reference
 from .training import ResolvedTraining, TrainingKind, resolve_training
 
 
@@ -67,30 +64,8 @@ class ORPOKind(TrainingKind):
         )
 
     def run(self, ctx) -> dict[str, Any]:
-        from ..data.loading import load_splits
-
         args = ctx.args
-        source = model_source(ctx.inputs[0])
-        tokenizer = load_tokenizer(ctx.model, source, args.template, args.default_system)
-        rows, held_out, data_source = load_splits(ctx.stage.dataset, "preference")
-        dataset = pairs_dataset(rows, tokenizer, args.template)
-        log.info("[%s] %d preference pairs from %s", ctx.name, len(dataset), data_source)
-        trainer_cls, config_cls = ctx.device.trainer(self.trainer_family)
-        config = training_config(ctx, config_cls, args.orpo_config_extra())
-        model = load_model(ctx.model, source, args.precision)
-        ready_to_train(ctx, model)
-        with completion_only_lm_head(ctx.device):
-            trainer = trainer_cls(
-                model=model,
-                args=config,
-                train_dataset=dataset,
-                eval_dataset=pairs_dataset(held_out, tokenizer, args.template) if held_out and args.do_eval else None,
-                processing_class=tokenizer,
-                peft_config=build_peft_config(args.peft),
-                **ctx.device.trainer_kwargs(args.device_args),
-            )
-            metrics = train_and_save(ctx, trainer, tokenizer, ("loss", "rewards/accuracies", "rewards/margins"))
-        return {**metrics, "sample_unit": "pairs"}
+        return train_without_reference(ctx, self.trainer_family, args.orpo_config_extra())
 
 
 KIND = ORPOKind()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import render_prompt
+from .common import load_model, load_tokenizer, log, model_source, render_prompt
+from .peft_config import build_peft_config
+from .train_loop import completion_only_lm_head, ready_to_train, train_and_save, training_config
 
 
 def pairs_dataset(rows: list[dict[str, Any]], tokenizer, template: str, with_length: bool = False):
@@ -47,3 +49,32 @@ def unpaired_dataset(rows: list[dict[str, Any]], tokenizer, template: str):
             "label": [bool(r["label"]) for r in rows],
         }
     )
+
+
+def train_without_reference(ctx, family: str, config_extra: dict[str, Any], what: str = "") -> dict[str, Any]:
+    """A reference-free preference trainer (ORPO, CPO / SimPO) on the stage's pairs, held-out pairs evaluated
+    when ``do_eval``: the whole run of those kinds, which differ only in their trainer and its settings."""
+    from ..data.loading import load_splits
+
+    args = ctx.args
+    source = model_source(ctx.inputs[0])
+    tokenizer = load_tokenizer(ctx.model, source, args.template, args.default_system)
+    rows, held_out, data_source = load_splits(ctx.stage.dataset, "preference")
+    dataset = pairs_dataset(rows, tokenizer, args.template)
+    log.info("[%s] %d preference pairs from %s%s", ctx.name, len(dataset), data_source, what)
+    trainer_cls, config_cls = ctx.device.trainer(family)
+    config = training_config(ctx, config_cls, config_extra)
+    model = load_model(ctx.model, source, args.precision)
+    ready_to_train(ctx, model)
+    with completion_only_lm_head(ctx.device):
+        trainer = trainer_cls(
+            model=model,
+            args=config,
+            train_dataset=dataset,
+            eval_dataset=pairs_dataset(held_out, tokenizer, args.template) if held_out and args.do_eval else None,
+            processing_class=tokenizer,
+            peft_config=build_peft_config(args.peft),
+            **ctx.device.trainer_kwargs(args.device_args),
+        )
+        metrics = train_and_save(ctx, trainer, tokenizer, ("loss", "rewards/accuracies", "rewards/margins"))
+    return {**metrics, "sample_unit": "pairs"}
