@@ -6,7 +6,12 @@ a 2-core machine busy elsewhere trained the demo 5x slower than with one thread.
 ``hardware.omp_num_threads`` when set; otherwise this host's physical cores (those this process may run on),
 divided among the processes that share them: the ranks of a launched stage on this node, the jobs of a
 parallel sweep. Models below ``SMALL_MODEL_PARAMS_BILLION`` get one thread: their matmuls are too small
-for a second thread to pay for its synchronisation (bench/threads.py).
+for a second thread to pay for its synchronisation.
+
+bench/threads.py on this project's 2-core machine, SFT tokens/s at 1 / 2 / 4 threads: the 150k-parameter demo
+model 30,010 / 32,262 / 10,174 on a quiet host and 20,292 / 3,913 / 7,610 beside two busy processes (two
+threads: 7% faster quiet, 5x slower shared); the 20.3M bench model 920 / 1,688 / 1,444 quiet and 626 / 681 /
+851 shared. The small-model line lies between the two; 5M is a guess inside that gap, not a measured point.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from collections.abc import Iterator
 
 # set by a parallel sweep's jobs (cli): how many jobs share this host at once
 PARALLEL_JOBS_ENV = "NEURALCHAT_PARALLEL_JOBS"
-SMALL_MODEL_PARAMS_BILLION = 0.001  # placeholder until measured
+SMALL_MODEL_PARAMS_BILLION = 0.005
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
