@@ -30,8 +30,8 @@ def plot_panels(
 ) -> bool:
     """One PNG with a panel per (y label, [(line label, xs, ys, style)]), at most PANEL_COLUMNS to a row so
     that it stays readable when embedded; False when nothing to draw. xticks: the x values to mark (a sweep's
-    points: rank 4, 8, 16 rather than 4.0, 4.5, ...). log_y: a log scale on panels whose values are all positive
-    (a loss falls by orders of magnitude; on a linear axis its last hundreds of steps are a flat line)."""
+    points: rank 4, 8, 16 rather than 4.0, 4.5, ...). log_y: a log scale on panels whose values are positive and span
+    more than 10x (a loss falls by orders of magnitude; on a linear axis its last hundreds of steps are flat)."""
     panels = [(ylabel, [line for line in lines if line[1]]) for ylabel, lines in panels]
     panels = [p for p in panels if p[1]]
     if not panels:
@@ -53,7 +53,8 @@ def plot_panels(
         ax.legend()
         if xticks:
             ax.set_xticks(xticks, [f"{x:g}" for x in xticks])
-        if log_y and all(y > 0 for _, _, ys, _ in lines for y in ys):
+        values = [y for _, _, ys, _ in lines for y in ys]
+        if log_y and min(values) > 0 and max(values) > 10 * min(values):  # a narrow range reads better linear
             ax.set_yscale("log")
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
