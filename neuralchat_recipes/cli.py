@@ -164,6 +164,12 @@ def _main(argv: list[str] | None) -> Any:
 
     import hydra
 
+    if multirun:  # each job says "sweep job k/n" (announce_job); the jobs' processes inherit the count
+        from .sweep import SWEEP_JOBS_ENV, count_jobs
+
+        total = count_jobs(overrides)
+        if total:
+            os.environ[SWEEP_JOBS_ENV] = str(total)
     hydra_main = hydra.main(config_path=str(config_dir()), config_name=CONFIG_NAME, version_base=None)(_task)
     saved = sys.argv
     sys.argv = [saved[0] if saved else "neuralchat-recipes", *argv]

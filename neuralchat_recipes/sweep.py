@@ -46,13 +46,39 @@ def _multirun_job():
     return hc if hc.mode == RunMode.MULTIRUN else None
 
 
+# set by the command line before Hydra starts a multirun: how many jobs it will run, when that is known
+SWEEP_JOBS_ENV = "NEURALCHAT_SWEEP_JOBS"
+
+
+def count_jobs(overrides: list[str]) -> int | None:
+    """Jobs a basic multirun of these overrides runs (the product of each swept key's values); None where
+    the sweep does not say (a search sweeper decides its trials, a glob needs the config tree)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ValueType
+
+    total = 1
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.key_or_group == "hydra/sweeper":
+            return None
+        if not override.is_sweep_override():
+            continue
+        if not override.is_discrete_sweep() or override.value_type == ValueType.GLOB_CHOICE_SWEEP:
+            return None
+        total *= len(list(override.sweep_string_iterator()))
+    return total
+
+
 def announce_job() -> None:
     """In a multirun job: say on the console which point of the sweep is starting (jobs run one after another
-    or side by side, and their logs are otherwise alike)."""
+    or side by side, and their logs are otherwise alike): "sweep job 2/3: sft.peft.r=8"."""
+    import os
+
     hc = _multirun_job()
     if hc is not None:
         swept = " ".join(o for o in hc.overrides.task if not o.startswith(("recipe=", "output_root=")))
-        print(f"sweep job {hc.job.num}: {swept or '(no overrides)'}", file=sys.stderr, flush=True)
+        total = os.environ.get(SWEEP_JOBS_ENV)
+        number = f"{hc.job.num + 1}/{total}" if total else f"{hc.job.num + 1}"
+        print(f"sweep job {number}: {swept or '(no overrides)'}", file=sys.stderr, flush=True)
 
 
 def share_cores_with_parallel_jobs() -> int:

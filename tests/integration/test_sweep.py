@@ -43,7 +43,7 @@ def test_a_lora_rank_sweep_runs_one_job_per_rank_and_writes_the_table(tmp_path):
     assert "`recipe=tiny`" in md  # the overrides every job shares
     assert (sweep / "sweep.png").stat().st_size > 5000
     assert f"sweep table: {sweep.resolve() / 'sweep.md'}" in proc.stdout  # absolute, like every other path
-    assert "sweep job 0: sft.peft.r=4" in proc.stderr and "sweep job 1: sft.peft.r=8" in proc.stderr
+    assert "sweep job 1/2: sft.peft.r=4" in proc.stderr and "sweep job 2/2: sft.peft.r=8" in proc.stderr
     assert not [d for d in sweep.iterdir() if d.is_dir() and d.name.isdigit()], "no empty per-job folders"
 
 

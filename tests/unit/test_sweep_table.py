@@ -131,3 +131,12 @@ def test_sweep_png_is_a_readable_grid_led_by_the_objective_and_the_eval_scores(t
         width, height = image.size
     # nine panels as a 3 x 3 grid: neither a 4000-pixel strip nor cut to six
     assert 1200 <= width <= 2000 and 1000 <= height <= 1500, (width, height)
+
+
+def test_the_number_of_jobs_is_counted_from_the_sweep_overrides():
+    from neuralchat_recipes.sweep import count_jobs
+
+    assert count_jobs(["recipe=tiny", "sft.peft.r=4,8,16", "dpo.beta=0.1,0.2"]) == 6
+    assert count_jobs(["sft.peft.r=range(4,16,4)"]) == 3
+    assert count_jobs(["recipe=tiny"]) == 1
+    assert count_jobs(["hydra/sweeper=lora_search", "sft.peft.r=4,8"]) is None  # the search decides its trials
