@@ -38,10 +38,15 @@ def build_dir_beside(target: Path) -> Path:
     """A new empty directory next to ``target`` to build it in and rename into place. mkdtemp makes it 0700;
     it gets the mode a plain mkdir would (the umask's), so a cache on a shared filesystem stays readable."""
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    tmp.chmod(0o777 & ~current_umask())
+    return tmp
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
     umask = os.umask(0)
     os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
-    return tmp
+    return umask
 
 
 def cache_root() -> Path:

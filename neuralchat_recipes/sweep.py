@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,6 @@ def count_jobs(overrides: list[str]) -> int | None:
 def announce_job() -> None:
     """In a multirun job: say on the console which point of the sweep is starting (jobs run one after another
     or side by side, and their logs are otherwise alike): "sweep job 2/3: sft.peft.r=8"."""
-    import os
-
     hc = _multirun_job()
     if hc is not None:
         swept = " ".join(o for o in hc.overrides.task if not o.startswith(("recipe=", "output_root=")))
@@ -84,8 +83,6 @@ def announce_job() -> None:
 def share_cores_with_parallel_jobs() -> int:
     """In a job of a parallel sweep (joblib's ``n_jobs`` > 1): tell the thread chooser how many jobs share the
     host, so that each takes its share of the cores rather than all of them (backends/threads.py)."""
-    import os
-
     from .backends.threads import PARALLEL_JOBS_ENV
 
     hc = _multirun_job()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import ENGINE_FINGERPRINT_VERSION
+from ..model_sources import current_umask
 from .common import log
 
 # settings of the eval stage that do not change one model's scores
@@ -58,7 +59,5 @@ class ScoreCache:
         fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
         with os.fdopen(fd, "w") as fh:
             json.dump(scores, fh)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide it from a group sharing output_root
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide it from a group sharing output_root
         os.replace(tmp, self.dir / f"{self.key(entry)}.json")
