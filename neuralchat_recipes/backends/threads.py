@@ -11,7 +11,8 @@ for a second thread to pay for its synchronisation.
 bench/threads.py on this project's 2-core machine, SFT tokens/s at 1 / 2 / 4 threads: the 150k-parameter demo
 model 30,010 / 32,262 / 10,174 on a quiet host and 20,292 / 3,913 / 7,610 beside two busy processes (two
 threads: 7% faster quiet, 5x slower shared; a second run: 2.2x slower quiet, 2.9x slower shared); the 20.3M
-bench model 920 / 1,688 / 1,444 quiet and 626 / 681 / 851 shared (second run within 5% quiet). The small-model line lies between the two; 5M is a guess inside that gap, not a measured point.
+bench model 920 / 1,688 / 1,444 quiet and 626 / 681 / 851 shared (second run within 5% quiet). The
+small-model line lies between the two; 5M is a guess inside that gap, not a measured point.
 """
 
 from __future__ import annotations
