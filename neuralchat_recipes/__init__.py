@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 # Bumped when the engine changes what a stage produces for the same config; part of every
 # stage fingerprint, so artifacts made by an older engine are not reused by mistake.
-ENGINE_FINGERPRINT_VERSION = "4"  # 4: fingerprints hash each stage's resolved settings (stages/kind.py)
+ENGINE_FINGERPRINT_VERSION = "5"  # 5: SlimOrca turns of weight 0 are masked from the loss (data/formats.py)
 
 
 def _process_start() -> float:

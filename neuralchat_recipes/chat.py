@@ -13,19 +13,19 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .config import ConfigError
+from .graph import final_stage, produces
 from .plan import Plan
 from .recipe import RecipeConfig
-from .stages import KINDS
 
 HELP = "/reset starts a new conversation, /exit (or Ctrl-D) ends it"
 
 
 def final_artifact(recipe: RecipeConfig, plan: Plan):
     """The plan's last model-making stage, which an earlier run must have finished."""
-    made = [s for s in plan.stages if KINDS[s.kind].produces(recipe.stages[s.name]) in ("model", "adapter")]
-    if not made:
+    final = final_stage(recipe, [s.name for s in plan.stages])
+    if final is None:
         raise ConfigError([f"recipe {recipe.name!r} makes no model to talk to; name one with `chat.model=<dir>`"])
-    spec = made[-1]
+    spec = plan.stage(final)
     if not (Path(spec.output_dir) / "manifest.json").is_file():
         raise ConfigError(
             [
@@ -57,7 +57,7 @@ class Talker:
             self.described = str(source)
         else:
             spec = final_artifact(recipe, plan)
-            adapter = KINDS[spec.kind].produces(recipe.stages[spec.name]) == "adapter"
+            adapter = produces(recipe.stages[spec.name]) == "adapter"
             entry = StageInput(
                 stage=spec.name,
                 fingerprint=spec.fingerprint,

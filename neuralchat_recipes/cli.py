@@ -45,7 +45,7 @@ def execute(recipe: RecipeConfig, plan: Plan | None = None) -> Any:
 
         return chat.chat(recipe, plan) if recipe.mode == "chat" else chat.generate(recipe, plan)
     from .execution import run_plan  # heavy imports start here
-    from .stages.common import StageError
+    from .stages.common import SettingError, StageError
 
     # SIGTERM (a scheduler's stop, `kill`) unwinds like Ctrl-C: locks released, nothing half-published
     # (a handler can only be set from the main thread; a sweep job on a worker thread keeps the default)
@@ -55,7 +55,7 @@ def execute(recipe: RecipeConfig, plan: Plan | None = None) -> Any:
         return run_plan(recipe, plan)
     except StageError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(EXIT_CONFIG if isinstance(exc, SettingError) else 1)
     except Terminated:
         print("terminated: run the same command again to resume from the last checkpoint", file=sys.stderr)
         sys.exit(128 + signal.SIGTERM)

@@ -81,12 +81,38 @@ def to_plain(cfg) -> dict[str, Any]:
     return data
 
 
+MAX_KEY_LENGTH = 200  # far beyond any key of a recipe; Hydra would try the key as a file name (255 at most)
+
+
+def check_override_syntax(overrides: list[str]) -> None:
+    """What Hydra's grammar or file lookup would turn into a traceback or a riddle, as sentences."""
+    problems = []
+    for override in overrides:
+        key, eq, value = override.partition("=")
+        if len(key) > MAX_KEY_LENGTH:
+            problems.append(
+                f"`{key[:40]}...` ({len(key)} characters): no recipe has such a key; keys are dotted names such as "
+                "`sft.learning_rate`"
+            )
+        elif eq and not value.isascii() and value[:1] not in "'\"[{" and "'" not in value:
+            problems.append(
+                f"`{override}`: a value with non-ASCII characters must be quoted for Hydra: "
+                f"'{key}=\"{value}\"' (in a shell, the whole override in single quotes and the value in double "
+                "quotes)"
+            )
+    if problems:
+        raise ConfigError(problems)
+
+
 def precheck(overrides: list[str]) -> list[dict[str, Any]]:
     """Compose every job of a (multi)run before anything runs; raise ConfigError on the first bad one."""
+    check_override_syntax(overrides)
     try:
         points = _override_points(overrides)
     except Exception as exc:  # Hydra's grammar errors
-        raise ConfigError([f"cannot parse the command-line overrides {overrides}: {exc}"]) from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = "; quote a value that has spaces or special characters: 'key=\"a value\"'" if "=" in first else ""
+        raise ConfigError([f"cannot parse the command-line overrides {overrides}: {first}{hint}"]) from None
     return [compose(point) for point in points]
 
 
@@ -123,6 +149,20 @@ def translate_hydra_error(exc: Exception, overrides: list[str]) -> ConfigError:
         if bad.split("@")[0] in GROUPS:
             group, _, package = bad.partition("@")
             where = f"at `{package}`" if package else "at the top level"
+            if package:  # a misspelt place (`dataset@sft.datset`) is likelier than a new entry
+                others = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != bad]
+                try:
+                    keys = _flat_keys(compose(others))
+                except ConfigError:
+                    keys = []
+                close = difflib.get_close_matches(package, [k for k in keys if k != package], n=1, cutoff=0.75)
+                if close and package not in keys:
+                    return ConfigError(
+                        [
+                            f"`{bad}={value}`: this recipe has no {group} entry {where}; did you mean "
+                            f"`{group}@{close[0]}={value}`? (`+{bad}={value}` would add a new one)"
+                        ]
+                    )
             return ConfigError(
                 [f"`{bad}={value}`: this recipe has no {group} entry {where} to replace; add one with `+{bad}={value}`"]
             )

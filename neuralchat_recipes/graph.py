@@ -47,6 +47,11 @@ def produces(stage) -> str | None:
     return KINDS[stage.kind].produces(stage)
 
 
+def final_stage(recipe, names: list[str]) -> str | None:
+    """The pipeline's product: the last of ``names`` that makes a model or an adapter (None: none does)."""
+    return next((n for n in reversed(names) if produces(recipe.stages[n]) in ("model", "adapter")), None)
+
+
 def earlier(recipe, name: str) -> list[str]:
     return recipe.pipeline[: recipe.pipeline.index(name)] if name in recipe.pipeline else []
 

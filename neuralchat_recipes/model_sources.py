@@ -276,6 +276,29 @@ def loadable(path: str, package: str | None = None) -> str:
     return str(target)
 
 
+def uncached_hub_ids(model) -> list[tuple[str, str]]:
+    """(key, hub id) of the entry's hub repositories (weights, separate tokenizer) that are not in the local Hugging
+    Face cache: what an offline run cannot load. Local paths and builtin models are never listed."""
+    from huggingface_hub import try_to_load_from_cache
+
+    wanted = [("model.path", model.path, model.revision)]
+    if model.tokenizer:
+        wanted.append(("model.tokenizer", model.tokenizer, None))
+    missing = []
+    for key, repo, revision in wanted:
+        if repo.startswith((PACKAGE_PREFIX, BUILTIN_PREFIX)) or is_local(repo):
+            continue
+        try:
+            found = try_to_load_from_cache(
+                repo, "config.json" if key == "model.path" else "tokenizer_config.json", revision=revision
+            )
+        except Exception:  # an id the hub library rejects: from_pretrained will say why
+            continue
+        if not isinstance(found, str):
+            missing.append((key, repo))
+    return missing
+
+
 def converted_gguf(gguf_file: Path) -> Path:
     """The safetensors directory converted from a GGUF file (converted once, under a lock, atomically)."""
     from filelock import FileLock

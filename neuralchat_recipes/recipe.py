@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from . import graph
 from .config.base import ConfigError, StrictModel, format_validation_error
@@ -67,11 +67,23 @@ class RecipeConfig(StrictModel):
     )
     prompt: str | None = Field(default=None, description="mode=generate: the message to answer.")
     chat: ChatConfig = Field(default_factory=lambda: ChatConfig(), description="mode=chat and mode=generate.")
+    allow_unsandboxed_code: bool = Field(
+        default=False,
+        description="Run generated code (pass_at_k, GRPO's code_tests reward) even where bubblewrap cannot sandbox it; "
+        "it then runs with your privileges. Only for code you trust.",
+    )
     hub_token_env: str = Field(
         default="HF_TOKEN",
         description="Environment variable holding the hub token for gated models and datasets; its value is "
         "passed to the hub libraries as HF_TOKEN and never written to manifests or run records.",
     )
+
+    @field_validator("output_root")
+    @classmethod
+    def _somewhere(cls, value: str) -> str:
+        if not value.strip():  # Path("") is the current directory: artifacts would land among the user's files
+            raise ValueError("is empty; set it to a directory for artifacts and run records: `output_root=outputs`")
+        return value
 
     @model_validator(mode="after")
     def _prompt_for_generate(self) -> RecipeConfig:

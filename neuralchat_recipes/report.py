@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .execution.present import StageResult, eval_table, is_number, markdown_table
+from .execution.secrets import write_text
 
 
 def _series(history: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
@@ -108,7 +109,8 @@ def write_report(run_dir: Path, summary: dict[str, Any], results: list[StageResu
 
     lines = [f"# {summary['recipe']} on {summary['hardware']}", "", f"Run record: `{run_dir}`", ""]
     if summary.get("final_model"):
-        lines += [f"Final model: `{summary['final_model']}`", ""]
+        base = summary.get("final_adapter_base")
+        lines += [f"Final model: `{summary['final_model']}`" + (f" (an adapter on `{base}`)" if base else ""), ""]
     lines += ["## Stages", "", "| stage | kind | status | time | throughput | result |", "|---|---|---|---|---|---|"]
     lines += [_stage_row(r) for r in results]
     lines += [
@@ -134,5 +136,5 @@ def write_report(run_dir: Path, summary: dict[str, Any], results: list[StageResu
         if "generations" in r.metrics:
             lines += [f"## Generations ({r.name})", "", f"`{Path(r.output_dir) / 'generations.jsonl'}`", ""]
     path = run_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text(path, "\n".join(lines) + "\n")
     return path

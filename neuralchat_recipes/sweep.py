@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .execution.present import StageResult, is_number
+from .execution.secrets import scrub, write_json, write_text
 from .report import plot_panels
 
 try:
@@ -110,7 +111,7 @@ def record_job(summary: dict[str, Any] | None, error: str | None = None) -> Path
         "metrics": final_metrics(summary) if summary else {},
     }
     path = jobs / f"{record['job']}.json"
-    path.write_text(json.dumps(record, indent=2, default=str))
+    write_json(path, record, indent=2)
     return path
 
 
@@ -159,7 +160,7 @@ def write_table(sweep_dir: Path, objective: str | None = None) -> dict[str, Path
     with out["csv"].open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
-        writer.writerows([{c: row.get(c) for c in columns} for row in rows])
+        writer.writerows([scrub({c: row.get(c) for c in columns}) for row in rows])
     shown = ["job", *swept, "status", "stages_ran", "stages_cached", *metric_keys]
     lines = [
         f"# Sweep: {', '.join(swept) or 'one point'}",
@@ -176,7 +177,7 @@ def write_table(sweep_dir: Path, objective: str | None = None) -> dict[str, Path
     if len(swept) == 1 and _plot(sweep_dir / "sweep.png", swept[0], rows, metric_keys, objective):
         out["png"] = sweep_dir / "sweep.png"
         lines += ["", f"![{swept[0]} against the final metrics](sweep.png)"]
-    out["md"].write_text("\n".join(lines) + "\n")
+    write_text(out["md"], "\n".join(lines) + "\n")
     return out
 
 

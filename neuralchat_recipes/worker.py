@@ -25,6 +25,8 @@ import time
 import traceback
 from pathlib import Path
 
+from .execution.secrets import scrub_text, write_json
+
 RANK_VARS = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK")
 
 
@@ -104,6 +106,9 @@ def finish_output(relay_pid: int | None) -> None:
         time.sleep(0.02)
 
 
+SETTING_ERROR_FILE = "setting_error.txt"
+
+
 def record_failure(failures: Path, rank: int, exc: BaseException) -> None:
     """The rank's error in one short file the runner reads: the exception and where it was raised."""
     tb = traceback.extract_tb(exc.__traceback__)
@@ -111,8 +116,12 @@ def record_failure(failures: Path, rank: int, exc: BaseException) -> None:
     try:
         failures.mkdir(parents=True, exist_ok=True)
         tmp = failures / f".rank{rank}.tmp"
-        tmp.write_text(f"rank {rank}: {type(exc).__name__}: {exc}{where}\n")
+        tmp.write_text(scrub_text(f"rank {rank}: {type(exc).__name__}: {exc}{where}\n"))
         tmp.rename(failures / f"rank{rank}.txt")
+        from .stages.common import SettingError
+
+        if isinstance(exc, SettingError):  # the runner repeats its sentence alone, and exits 2
+            (failures / SETTING_ERROR_FILE).write_text(scrub_text(str(exc)))
     except OSError:
         pass
 
@@ -159,7 +168,7 @@ def run(recipe_path: Path, stage_name: str, rank: int) -> None:
     ctx = StageContext(recipe, spec, get_device(recipe.hardware), staging / "checkpoints", staging / "final")
     metrics = run_stage_kind(ctx)
     if rank == 0:
-        (staging / "result.json").write_text(json.dumps(metrics, default=str))
+        write_json(staging / "result.json", metrics)
     shutdown_process_group()
 
 

@@ -20,9 +20,10 @@ NOT_FINGERPRINTED = {"fingerprint": False}
 
 
 class StrictModel(BaseModel):
-    """Base of every config model: unknown keys are errors, objects are immutable."""
+    """Base of every config model: unknown keys are errors, objects are immutable, and no number is inf or nan
+    (a learning rate of inf trains, "converges" and publishes an adapter of NaNs)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
 class ConfigError(Exception):

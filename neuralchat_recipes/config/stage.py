@@ -7,7 +7,7 @@ own names (``sft``, ``merge``, ``dpo``, ``merge_dpo`` ...), so ``sft.learning_ra
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -22,6 +22,19 @@ Template = Literal["neural_chat", "alpaca", "chatml", "llama2", "qa", "tokenizer
 VIRTUAL_TOKEN_METHODS = ("p_tuning", "prefix_tuning", "prompt_tuning", "llama_adapter")
 
 Task = Literal["completion", "chat", "summarization", "code-generation"]
+
+# How long a stage may train. A count beyond these is a typo (`max_steps=1e12`) that would train for years; every
+# kind's own default uses these types, so the bounds are written once.
+MAX_STEPS = 10_000_000
+MAX_EPOCHS = 10_000
+MaxSteps = Annotated[
+    int | None,
+    Field(ge=1, le=MAX_STEPS, description="Optimizer steps to train (exclusive with num_train_epochs; at most 10M)."),
+]
+Epochs = Annotated[
+    float | None,
+    Field(gt=0, le=MAX_EPOCHS, description="Epochs to train (exclusive with max_steps; at most 10,000)."),
+]
 
 
 class StageBase(StrictModel):
@@ -58,12 +71,8 @@ class TrainStageBase(StageBase):
     )
     adam_epsilon: float = Field(default=1e-8, gt=0, description="AdamW epsilon.")
     max_grad_norm: float = Field(default=1.0, ge=0, description="Gradient clipping norm (0 disables).")
-    num_train_epochs: float | None = Field(
-        default=None, gt=0, description="Epochs to train (exclusive with max_steps)."
-    )
-    max_steps: int | None = Field(
-        default=None, ge=1, description="Optimizer steps to train (exclusive with num_train_epochs)."
-    )
+    num_train_epochs: Epochs = None
+    max_steps: MaxSteps = None
     gradient_checkpointing: bool | None = Field(
         default=None,
         description="Recompute activations in backward; null follows the hardware profile.",

@@ -20,9 +20,13 @@ Row = dict[str, Any]
 
 
 def _need_str(row: Row, key: str, where: str, allow_empty: bool = False) -> str:
-    if key not in row or row[key] is None:
+    if key not in row:
         raise DataError(f"{where}: missing column {key!r} (columns present: {sorted(row)})")
     value = row[key]
+    if value is None:  # a null cell (a CSV's empty field, JSON null): an empty string where one is allowed
+        if allow_empty:
+            return ""
+        raise DataError(f"{where}: column {key!r} is empty (null)")
     if not isinstance(value, str):
         raise DataError(f"{where}: column {key!r} must be a string, got {type(value).__name__} {value!r:.60}")
     if not allow_empty and not value.strip():
@@ -31,9 +35,11 @@ def _need_str(row: Row, key: str, where: str, allow_empty: bool = False) -> str:
 
 
 def _need_list(row: Row, key: str, where: str) -> list:
-    if key not in row or row[key] is None:
+    if key not in row:
         raise DataError(f"{where}: missing column {key!r} (columns present: {sorted(row)})")
     value = row[key]
+    if value is None:
+        raise DataError(f"{where}: column {key!r} is empty (null)")
     if not isinstance(value, list):
         raise DataError(f"{where}: column {key!r} must be a list of turns, got {type(value).__name__}")
     if not value:
@@ -77,7 +83,13 @@ def _turns(
             raise DataError(f"{where}: {key}[{i}].{content_key} must be a string")
         if role != "system" and not turn[content_key].strip():
             raise DataError(f"{where}: {key}[{i}] ({turn[role_key]}) is empty")
-        messages.append({"role": role, "content": turn[content_key]})
+        message = {"role": role, "content": turn[content_key]}
+        weight = turn.get("weight")  # SlimOrca: 0 marks a turn not to learn from, 1 (or none) one to learn from
+        if weight is not None and not isinstance(weight, (int, float)):
+            raise DataError(f"{where}: {key}[{i}].weight must be a number (0 or 1), got {weight!r:.40}")
+        if role == "assistant" and weight == 0:
+            message["train"] = False
+        messages.append(message)
     return {"messages": _check_conversation(_with_system(messages, default_system), where)}
 
 
@@ -181,6 +193,8 @@ def kto(row: Row, where: str, default_system: str | None) -> Row:
     prompt = _with_system(_text_or_turns(row, "prompt", where, "user"), default_system)
     completion = _text_or_turns(row, "completion", where, "assistant")
     label = row.get("label")
+    if isinstance(label, str) and label.strip().lower() in ("true", "false", "1", "0"):  # a CSV cell
+        label = label.strip().lower() in ("true", "1")
     if not isinstance(label, bool) and label not in (0, 1):
         raise DataError(f"{where}: column 'label' must be true (desirable) or false, got {label!r}")
     return {"prompt": prompt, "completion": completion[-1]["content"], "label": bool(label)}
@@ -203,16 +217,22 @@ ADAPTERS: dict[tuple[str, str], Callable[[Row, str, str | None], Row]] = {
 
 
 def convert_rows(
-    rows, fmt: str, use: str, source: str, default_system: str | None = None, columns: dict[str, str] | None = None
+    rows,
+    fmt: str,
+    use: str,
+    source: str,
+    default_system: str | None = None,
+    columns: dict[str, str] | None = None,
+    numbers: list[int] | None = None,
 ) -> list[Row]:
-    """Convert every row (raising DataError at the first bad one, numbered from 1).
+    """Convert every row (raising DataError at the first bad one, by its number: ``numbers[i]``, else i + 1).
 
     ``columns`` maps the format's column names to the file's ({"instruction": "question"})."""
     adapter = ADAPTERS[(fmt, use)]
     rename = {theirs: ours for ours, theirs in (columns or {}).items()}
     out = []
-    for i, row in enumerate(rows, start=1):
-        where = f"{source}, row {i}"
+    for i, row in enumerate(rows):
+        where = f"{source}, row {numbers[i] if numbers else i + 1}"
         if not isinstance(row, dict):
             raise DataError(f"{where}: expected an object with columns, got {type(row).__name__}")
         if rename:

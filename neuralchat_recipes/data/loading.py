@@ -12,36 +12,91 @@ from .formats import DataError, convert_rows
 from .paths import resolve_data_path
 
 
-def _read_local(path: Path) -> list[dict[str, Any]]:
-    """Rows of a .json / .jsonl file, read here so a bad line is reported by its number."""
+class HubDataUnavailable(DataError):
+    """A hub dataset that cannot be loaded from here (offline, not cached, no such repository)."""
+
+
+def _decode(path: Path, data: bytes, first_line: int = 1, offset: int = 0) -> str:
+    """UTF-8 text, or a DataError naming the line and the byte offset (in the file) of the first bad byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = first_line + data[: exc.start].count(b"\n")
+        raise DataError(
+            f"{path}, line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at byte offset {offset + exc.start} "
+            "of the file); re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`"
+        ) from None
+
+
+def _read_local(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """(rows, the number each is reported by) of a local data file, read here so a bad row is named by where it
+    is: a .jsonl row by its line (blank lines are skipped but counted), other files by their row's position."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        rows = []
-        with open(path, encoding="utf-8") as fh:
-            for i, line in enumerate(fh, start=1):
+        rows, numbers, offset = [], [], 0
+        with open(path, "rb") as fh:
+            for i, raw in enumerate(fh, start=1):
+                line = _decode(path, raw, i, offset)
+                offset += len(raw)
                 if not line.strip():
                     continue
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as exc:
                     raise DataError(f"{path}, row {i}: not valid JSON ({exc.msg})") from None
-        return rows
+                numbers.append(i)
+        return rows, numbers
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(_decode(path, path.read_bytes()))
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
         if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
             data = next(iter(data.values()))  # {"train": [...]} style
         if not isinstance(data, list):
             raise DataError(f"{path}: expected a JSON list of rows")
-        return data
-    if suffix in (".parquet", ".csv"):
-        from datasets import load_dataset
+        return data, list(range(1, len(data) + 1))
+    if suffix == ".csv":  # every cell a string, as the file holds it (an empty cell is ""), rows after the header
+        import csv
+        import io
 
-        ds = load_dataset(suffix[1:], data_files=str(path), split="train")
-        return list(ds)
+        rows = list(csv.DictReader(io.StringIO(_decode(path, path.read_bytes()), newline="")))
+        return rows, list(range(1, len(rows) + 1))
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+        return rows, list(range(1, len(rows) + 1))
     raise DataError(f"{path}: unsupported data file type {suffix!r}; use .json, .jsonl, .parquet or .csv")
+
+
+def _load_hub(dataset):
+    """A hub dataset's split, or HubDataUnavailable saying why it cannot be had here."""
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(
+            dataset.hub_id,
+            dataset.config_name,
+            revision=dataset.revision,
+            data_dir=dataset.data_dir,
+            split=dataset.split,
+        )
+    except Exception as exc:  # ConnectionError, DatasetNotFoundError, FileNotFoundError, ValueError (bad split) ...
+        text = f"{type(exc).__name__}: {exc}"
+        from ..stages.common import hub_offline
+
+        if hub_offline() or "offline" in text.lower() or isinstance(exc, ConnectionError):
+            why = (
+                "HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set and it is not in the local datasets cache"
+                if hub_offline()
+                else "the hub cannot be reached from here and it is not in the local datasets cache"
+            )
+        elif "split" in text.lower() and dataset.split in text:
+            why = f"it has no split {dataset.split!r} ({str(exc).splitlines()[0][:200]})"
+        else:
+            why = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        raise HubDataUnavailable(f"hub dataset {dataset.hub_id!r} cannot be loaded: {why}") from None
 
 
 def load_splits(dataset, use: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None, str]:
@@ -89,18 +144,10 @@ def _load_rows(dataset_json: str, use: str, stamp) -> tuple[list[dict[str, Any]]
         path = resolve_data_path(dataset.path)
         if not path.is_file():
             raise DataError(f"{path}: data file not found (dataset {dataset.name!r}, set its `path`)")
-        raw = _read_local(path)
+        raw, numbers = _read_local(path)
         source = str(path)
     else:
-        from datasets import load_dataset
-
-        raw = load_dataset(
-            dataset.hub_id,
-            dataset.config_name,
-            revision=dataset.revision,
-            data_dir=dataset.data_dir,
-            split=dataset.split,
-        )
+        raw, numbers = _load_hub(dataset), None
         source = f"{dataset.hub_id} ({dataset.split})"
     if dataset.max_samples:
         raw = (
@@ -108,4 +155,5 @@ def _load_rows(dataset_json: str, use: str, stamp) -> tuple[list[dict[str, Any]]
             if isinstance(raw, list)
             else raw.select(range(min(dataset.max_samples, len(raw))))
         )
-    return convert_rows(raw, dataset.format, use, source, dataset.default_system, dataset.columns), source
+    converted = convert_rows(raw, dataset.format, use, source, dataset.default_system, dataset.columns, numbers)
+    return converted, source

@@ -39,21 +39,23 @@ TEMPLATES: dict[str, Template] = {
 
 
 def segments(template: str, messages: list[dict[str, str]], eos: str) -> list[tuple[str, bool]]:
-    """Render messages into (text, trained) pieces: assistant content and its EOS are trained on."""
+    """Render messages into (text, trained) pieces: assistant content and its EOS are trained on, unless the
+    turn says ``"train": False`` (a SlimOrca turn of weight 0)."""
     t = TEMPLATES[template]
     out: list[tuple[str, bool]] = []
     for m in messages:
         role = m["role"]
         pre, post = getattr(t, role)
         if role == "assistant":
+            trained = m.get("train", True)
             out.append((pre, False))
             if post.startswith(EOS):
-                out.append((m["content"] + eos, True))
+                out.append((m["content"] + eos, trained))
                 out.append((post[len(EOS) :], False))
             else:
-                out.append((m["content"], True))
+                out.append((m["content"], trained))
                 out.append((post.replace(EOS, eos), False))
-        else:
+        elif role != "system" or m["content"].strip():  # an empty system turn is no system turn
             out.append((pre + m["content"] + post.replace(EOS, eos), False))
     return [(text, trained) for text, trained in out if text]
 
@@ -90,8 +92,9 @@ def jinja_chat_template(template: str, default_system: str | None = None) -> str
     )
     return (
         default + "{% for message in messages %}"
-        "{% if message['role'] == 'system' %}"
+        "{% if message['role'] == 'system' %}{% if message['content'] | trim %}"
         f"{{{{ {_jinja_piece(t.system[0])} + message['content'] + {_jinja_piece(t.system[1])} }}}}"
+        "{% endif %}"
         "{% elif message['role'] == 'user' %}"
         f"{{{{ {_jinja_piece(t.user[0])} + message['content'] + {_jinja_piece(t.user[1])} }}}}"
         "{% elif message['role'] == 'assistant' %}"

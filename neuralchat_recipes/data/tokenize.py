@@ -20,7 +20,7 @@ def _pieces(tokenizer, template: str, messages: list[dict[str, str]]) -> list[tu
         prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
         full = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         out.append((prompt[len(done) :], False))
-        out.append((full[len(prompt) :], True))
+        out.append((full[len(prompt) :], m.get("train", True)))
         done = full
     return [(t, trained) for t, trained in out if t]
 
@@ -37,9 +37,14 @@ def tokenize_sft(
     max_seq_length: int,
     max_prompt_length: int | None,
     loss_on: str,
+    counts: dict[str, int] | None = None,
 ) -> list[dict[str, list[int]]]:
+    """Token ids and assistant masks (1 = trained) of each row. Rows left with no trained token (every answer
+    cut off by truncation, or every turn of weight 0) are dropped; ``counts`` (if given) receives how many rows
+    there were, how many were cut (``truncated``: prompt or tail) and how many ``dropped``."""
     bos = [tokenizer.bos_token_id] if adds_bos(tokenizer) and template != "tokenizer" else []
     out = []
+    truncated = dropped = 0
     for row in rows:
         ids: list[int] = list(bos)
         mask: list[int] = [0] * len(bos)
@@ -50,12 +55,21 @@ def tokenize_sft(
                 first_trained = len(ids)
             ids += piece
             mask += [1 if (trained or loss_on == "all") else 0] * len(piece)
+        cut_here = False
         if max_prompt_length and first_trained is not None and first_trained > max_prompt_length:
             cut = first_trained - max_prompt_length  # keep the end of the prompt, next to the answer
             ids, mask = ids[: len(bos)] + ids[len(bos) + cut :], mask[: len(bos)] + mask[len(bos) + cut :]
-        ids, mask = ids[:max_seq_length], mask[:max_seq_length]
+            cut_here = True
+        if len(ids) > max_seq_length:
+            ids, mask = ids[:max_seq_length], mask[:max_seq_length]
+            cut_here = True
         if any(mask):
             out.append({"input_ids": ids, "assistant_masks": mask})
+            truncated += cut_here
+        else:
+            dropped += 1
+    if counts is not None:
+        counts.update(rows=len(rows), truncated=truncated, dropped=dropped)
     return out
 
 
@@ -81,9 +95,12 @@ def tokenizer_identity(tokenizer) -> str:
     return hashlib.sha256((body + extra).encode()).hexdigest()
 
 
-def tokenize_cached(cache_root, key: dict[str, Any], build) -> tuple[list[dict[str, list[int]]], bool]:
+def tokenize_cached(
+    cache_root, key: dict[str, Any], build, counts: dict[str, int] | None = None
+) -> tuple[list[dict[str, list[int]]], bool]:
     """(examples, whether they came from the cache) for a key that holds everything the tokenized
-    data depends on: data identity, tokenizer identity, template and preprocessing settings.
+    data depends on: data identity, tokenizer identity, template and preprocessing settings. ``counts`` (filled by
+    ``build``, see tokenize_sft) is stored with the entry and read back on a hit.
 
     Entries are written to a temporary directory and renamed into place, so a crash never leaves
     a half-written entry and two jobs building the same entry do not clash."""
@@ -98,12 +115,16 @@ def tokenize_cached(cache_root, key: dict[str, Any], build) -> tuple[list[dict[s
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
     target = Path(cache_root) / digest
     if (target / "dataset_info.json").is_file():
+        if counts is not None and (target / "counts.json").is_file():
+            counts.update(json.loads((target / "counts.json").read_text()))
         return load_from_disk(str(target)).to_list(), True
     examples = build()
     tmp = target.with_name(f".{digest}.{os.getpid()}.tmp")
     Path(cache_root).mkdir(parents=True, exist_ok=True)
     Dataset.from_list(examples).save_to_disk(str(tmp))
     (tmp / "key.json").write_text(json.dumps(key, indent=2, sort_keys=True, default=str))
+    if counts is not None:
+        (tmp / "counts.json").write_text(json.dumps(counts))
     try:
         tmp.rename(target)
     except OSError:  # another job finished the same entry first

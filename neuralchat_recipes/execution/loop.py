@@ -7,9 +7,11 @@ summary.json, report.md and a link to each stage's artifact.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from datetime import datetime, timezone
@@ -19,11 +21,13 @@ from typing import Any
 from .. import __version__
 from ..backends import get_device, runtime_problems
 from ..config import ConfigError
-from ..graph import produces
+from ..graph import final_stage, produces
 from ..plan import Plan, StageSpec
 from ..recipe import RecipeConfig
+from ..stages.common import SettingError
 from .present import StageResult, console_summary
-from .secrets import scrub
+from .sandbox import SandboxUnavailable, require_sandbox
+from .secrets import scrub, write_json
 from .store import fresh_final, is_cached, publish, read_manifest, stage_lock
 from .supervise import launch_stage
 
@@ -96,20 +100,60 @@ def check_writable(root: Path) -> None:
 def preflight(recipe: RecipeConfig, plan: Plan) -> None:
     """Everything that can fail cheaply fails here, before the first stage trains."""
     from ..data.formats import DataError
-    from ..data.loading import load_splits
+    from ..data.loading import HubDataUnavailable, load_splits
     from ..stages import KINDS
 
     check_writable(Path(plan.output_root))
     pending = [spec for spec in plan.stages if not is_cached(spec)]
     problems = runtime_problems(recipe.hardware, {s.launch["launcher"] for s in pending}) if pending else []
+    if any(_loads_base(spec) for spec in pending):
+        problems += _offline_model_problems(recipe)
     for spec in pending:
+        if KINDS[spec.kind].runs_generated_code(spec.args):
+            try:
+                require_sandbox(recipe.allow_unsandboxed_code, f"`{spec.name}`")
+            except SandboxUnavailable as exc:
+                problems.append(str(exc))
         for key, dataset, use in KINDS[spec.kind].datasets(recipe.stages[spec.name]):
             try:
                 load_splits(dataset, use)
+            except HubDataUnavailable as exc:
+                where = f"{spec.name}.{key}"
+                problems.append(
+                    f"`{where}` ({dataset.name}): {exc}; download it where there is network, or train on a local "
+                    f"copy: `{where}.path=/path/to/file.jsonl {where}.hub_id=null`"
+                )
             except DataError as exc:
                 problems.append(f"`{spec.name}.{key}` ({dataset.name}): {exc}")
     if problems:
         raise RunError(problems)
+
+
+def _loads_base(spec: StageSpec) -> bool:
+    """Whether a stage loads the recipe's base model (directly, under an adapter, or to compare with)."""
+    stack = list(spec.inputs)
+    while stack:
+        entry = stack.pop()
+        if entry.stage is None:
+            return True
+        if entry.adapter_base:
+            stack.append(entry.adapter_base)
+    return False
+
+
+def _offline_model_problems(recipe: RecipeConfig) -> list[str]:
+    """Offline, a hub model must already be in the local cache: say so now rather than when its stage starts."""
+    from ..stages.common import hub_offline
+
+    if not hub_offline():
+        return []
+    from ..model_sources import uncached_hub_ids
+
+    return [
+        f"`{key}` = {repo!r}: not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 is set; download it where "
+        f"there is network (`hf download {repo}`) and copy the cache here, or set `{key}` to a local directory"
+        for key, repo in uncached_hub_ids(recipe.model)
+    ]
 
 
 def _execute(recipe: RecipeConfig, spec: StageSpec, staging: Path) -> dict[str, Any]:
@@ -120,6 +164,45 @@ def _execute(recipe: RecipeConfig, spec: StageSpec, staging: Path) -> dict[str, 
         device = get_device(recipe.hardware)
         return run_stage_kind(StageContext(recipe, spec, device, staging / "checkpoints", staging / "final"))
     return launch_stage(spec, staging)
+
+
+def disk_full(exc: BaseException, where: Path) -> bool:
+    """Whether a stage's error is a full disk: ENOSPC in the error or what caused it (safetensors and launched ranks
+    wrap it), or, since torch's writer reports only "iostream error", a disk that has next to nothing left."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    try:
+        usage = shutil.disk_usage(where)
+    except OSError:
+        return False
+    return usage.free < max(1 << 20, usage.total // 1000)
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} bytes"
+
+
+def disk_full_message(spec: StageSpec, staging: Path, makes_model: bool) -> str:
+    """What filled up, how much is free, roughly what the stage writes, and that a re-run resumes."""
+    free = shutil.disk_usage(staging if staging.exists() else staging.parent).free
+    params = spec.model.get("params_billion")
+    size = ""
+    if params and makes_model:
+        per_param = 4 if spec.args.precision == "fp32" else 2
+        size = f" This stage writes a model of about {_bytes(params * 1e9 * per_param)}, and each checkpoint more."
+    return (
+        f"`output_root`: stage {spec.name} ran out of space on the disk that holds "
+        f"{Path(spec.output_dir).parents[1]} ({_bytes(free)} free now).{size} Nothing was published. Free some "
+        "space (finished runs you no longer need under artifacts/, old work under staging/) and run the same "
+        "command again: the stage resumes from its last complete checkpoint"
+    )
 
 
 def run_stage(recipe: RecipeConfig, spec: StageSpec) -> tuple[dict[str, Any], str]:
@@ -136,7 +219,13 @@ def run_stage(recipe: RecipeConfig, spec: StageSpec) -> tuple[dict[str, Any], st
         (staging / "recipe.json").write_text(recipe_json(recipe))
         log.info("[%s] running %s stage (fingerprint %s)", spec.name, spec.kind, spec.fingerprint[:16])
         t0 = time.time()
-        metrics = _execute(recipe, spec, staging)
+        try:
+            metrics = _execute(recipe, spec, staging)
+        except Exception as exc:
+            if disk_full(exc, staging):
+                makes_model = produces(recipe.stages[spec.name]) == "model"
+                raise SettingError(disk_full_message(spec, staging, makes_model)) from exc
+            raise
         wall = time.time() - t0
         manifest = publish(
             staging,
@@ -186,17 +275,18 @@ def run_plan(recipe: RecipeConfig, plan: Plan) -> dict[str, Any]:
         manifest, status = run_stage(recipe, spec)
         results.append(StageResult.from_manifest(manifest, status, spec.output_dir))
         (run_dir / spec.name).symlink_to(Path(spec.output_dir))
-    final_model = next(
-        (s.output_dir for s in reversed(plan.stages) if produces(recipe.stages[s.name]) == "model"), None
-    )
+    final = final_stage(recipe, [s.name for s in plan.stages])
     summary = {
         "recipe": recipe.name,
         "hardware": recipe.hardware.name,
         "run_dir": str(run_dir),
-        "final_model": final_model,
+        "final_model": plan.stage(final).output_dir if final else None,
         "stages": [r.record() for r in results],
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if final and produces(recipe.stages[final]) == "adapter":  # the product needs its base to load
+        base = plan.stage(final).inputs[0]
+        summary["final_adapter_base"] = base.output_dir or base.model
+    write_json(run_dir / "summary.json", summary, indent=2)
     from ..report import write_report
 
     summary["report"] = str(write_report(run_dir, summary, results))

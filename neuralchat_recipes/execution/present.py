@@ -204,7 +204,8 @@ def console_summary(summary: dict[str, Any], results: list[StageResult]) -> str:
         lines.append(f"{r.name:<12}{r.kind:<9}{r.status:<8}{time_s:>8}  {detail}".rstrip())
         lines += table
     if summary.get("final_model"):
-        lines.append(f"final model: {summary['final_model']}")
+        base = summary.get("final_adapter_base")
+        lines.append(f"final model: {summary['final_model']}" + (f" (an adapter on {base})" if base else ""))
     lines.append(f"run record:  {summary['run_dir']}")
     if summary.get("report"):
         lines.append(f"report:      {summary['report']}")

@@ -31,3 +31,23 @@ def scrub(obj: Any, secrets: list[str] | None = None) -> Any:
             obj = obj.replace(s, "***")
         return obj
     return obj
+
+
+def scrub_text(text: str) -> str:
+    """Text with the value of every secret-looking environment variable replaced."""
+    return scrub(text)
+
+
+def write_json(path, obj: Any, **dump_options) -> None:
+    """Write a JSON file the engine produces (metrics, summaries, records), secrets replaced."""
+    import json
+    from pathlib import Path
+
+    Path(path).write_text(json.dumps(scrub(obj), **{"default": str, **dump_options}), encoding="utf-8")
+
+
+def write_text(path, text: str) -> None:
+    """Write a text file the engine produces (reports, tables, model cards), secrets replaced."""
+    from pathlib import Path
+
+    Path(path).write_text(scrub_text(text), encoding="utf-8")

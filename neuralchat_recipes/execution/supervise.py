@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..stages.common import StageError
+from ..stages.common import SettingError, StageError
+from ..worker import SETTING_ERROR_FILE
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..plan import StageSpec
@@ -90,6 +91,8 @@ def launch_stage(spec: StageSpec, staging: Path) -> dict[str, Any]:
     errors = sorted(failures.glob("rank*.txt"), key=lambda f: f.stat().st_mtime) if failures.is_dir() else []
     if proc.returncode == 0 and not errors and (staging / "result.json").is_file():
         return json.loads((staging / "result.json").read_text())
+    if (failures / SETTING_ERROR_FILE).is_file():  # a setting to change: its sentence, as in one process
+        raise SettingError((failures / SETTING_ERROR_FILE).read_text())
     if errors:
         first = errors[0].read_text().strip()
         others = [f.stem for f in errors[1:]]

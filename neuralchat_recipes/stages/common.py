@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,11 @@ DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 class StageError(RuntimeError):
     """A stage that cannot run, with a message that says what to change."""
+
+
+class SettingError(StageError):
+    """A stage that cannot run as configured, found only once it runs (a LoRA target the model does not have, a
+    model that needs remote code): the message names the key to change. Exits 2, like a config error."""
 
 
 def model_source(entry) -> str:
@@ -39,12 +46,16 @@ def load_tokenizer(model, source: str, template: str | None, default_system: str
 
     has_own = Path(source).is_dir() and (Path(source) / "tokenizer_config.json").is_file()
     name = source if has_own else (model.tokenizer or source)
-    tokenizer = AutoTokenizer.from_pretrained(
-        name,
-        use_fast=model.use_fast_tokenizer,
-        trust_remote_code=model.trust_remote_code,
-        revision=model.revision if name == model.path else None,  # a separate tokenizer repo has its own
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            name,
+            use_fast=model.use_fast_tokenizer,
+            trust_remote_code=model.trust_remote_code,
+            revision=model.revision if name == model.path else None,  # a separate tokenizer repo has its own
+        )
+    except (OSError, ValueError) as exc:
+        key = "model.tokenizer" if model.tokenizer and name == model.tokenizer else "model.path"
+        raise loading_error(exc, model, name, key, "tokenizer") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = model.pad_token or tokenizer.eos_token
     if template and template != "tokenizer":
@@ -77,13 +88,72 @@ def load_model(model, source: str, precision: str, causal: bool = True, dtype=No
         kwargs["revision"] = model.revision
     try:
         return cls.from_pretrained(source, **kwargs)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         if not model.allow_pickle and "safetensors" in str(exc).lower():
-            raise StageError(
+            raise SettingError(
                 f"{source}: no safetensors weights found. Pickle (.bin) checkpoints can run code when loaded; "
                 f"if you trust this one, set `model.allow_pickle=true`"
             ) from exc
+        raise loading_error(exc, model, source, "model.path", "weights") from exc
+    except Exception as exc:  # torch's weights-only unpickler raises pickle.UnpicklingError
+        if "weights only load failed" in str(exc).lower() or type(exc).__name__ == "UnpicklingError":
+            raise SettingError(
+                f"{source}: its pickle checkpoint holds more than tensors ({_unpickling_culprit(exc)}), "
+                "so torch's safe loader refuses it: unpickling it could run any code. Convert it to safetensors "
+                "somewhere you trust it, or use another checkpoint"
+            ) from exc
         raise
+
+
+def _unpickling_culprit(exc: Exception) -> str:
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    return f"a reference to {found.group(1)}" if found else type(exc).__name__
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face libraries were told not to use the network."""
+    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+    return any(os.environ.get(n, "").strip().lower() in ("1", "true", "yes", "on") for n in names)
+
+
+def loading_error(exc: Exception, model, source: str, key: str, what: str) -> Exception:
+    """A sentence for why ``source``'s weights or tokenizer did not load, naming the key to change; the error
+    itself when it is none of the known causes."""
+    text = str(exc)
+    low = text.lower()
+    if "trust_remote_code" in low or "custom code" in low:
+        return SettingError(
+            f"`model.trust_remote_code`: {source} ships its own Python code for this model, which runs when it "
+            f"loads; if you trust it, set `model.trust_remote_code=true`"
+        )
+    if "couldn't connect" in low or "offline" in low or "cannot reach" in low or "connection" in low:
+        why = "HF_HUB_OFFLINE=1 is set" if hub_offline() else "the hub cannot be reached from here"
+        return SettingError(
+            f"`{key}` = {source!r}: its {what} files are not in the local Hugging Face cache and {why}; download it "
+            f"where there is network (`hf download {source}`) and copy the cache here, or set `{key}` to a local "
+            "directory"
+        )
+    if "does not recognize this architecture" in low:
+        import transformers
+
+        found = re.search(r"model type `([^`]+)`", text)
+        kind = f"model type {found.group(1)!r}" if found else "its model type"
+        return SettingError(
+            f"`{key}` = {source!r}: {kind} is not known to the installed transformers {transformers.__version__}; "
+            "upgrade transformers, or, if the model ships its own code and you trust it, set "
+            "`model.trust_remote_code=true`"
+        )
+    if "gated" in low or "401" in text or "403" in text:
+        return SettingError(
+            f"`{key}` = {source!r}: a gated repository; accept its license on the hub and put your token in the "
+            f"environment variable named by `hub_token_env` (HF_TOKEN by default)"
+        )
+    if "not a valid model identifier" in low or "repository not found" in low or "does not appear to have" in low:
+        return SettingError(
+            f"`{key}` = {source!r}: no {what} found there (not a local directory with them, nor a hub repository "
+            f"that has them); check the name, or set `{key}` to a local model directory"
+        )
+    return exc
 
 
 def sft_template(recipe, name: str, own: str | None) -> str:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ..config.stage import Template, TrainStageBase
+from ..config.stage import MaxSteps, Template, TrainStageBase
 from .kind import PlanContext
 from .preference import train_without_reference
 from .training import ResolvedTraining, TrainingKind, resolve_training
@@ -28,9 +28,7 @@ class CPOStage(TrainStageBase):
         gt=0,
         description="Peak learning rate (SimPO's papers use 3e-7..1e-6 for full fine-tuning; LoRA wants more).",
     )
-    max_steps: int | None = Field(
-        default=1000, ge=1, description="Optimizer steps to train (exclusive with num_train_epochs)."
-    )
+    max_steps: MaxSteps = 1000
     loss_type: Literal["sigmoid", "hinge", "ipo", "simpo", "alphapo"] = Field(
         default="sigmoid",
         description="sigmoid / hinge / ipo: CPO; simpo: SimPO (length-normalised, target margin); "

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..config.base import NOT_FINGERPRINTED
-from ..config.stage import Template, TrainStageBase
+from ..config.stage import MaxSteps, Template, TrainStageBase
 from .common import load_model, load_tokenizer, log, model_source
 from .kind import PlanContext, PlanError
 from .peft_config import build_peft_config
@@ -49,9 +49,7 @@ class DPOStage(TrainStageBase):
     lr_scheduler_type: Literal[
         "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"
     ] = Field(default="cosine", description="Learning-rate schedule after warmup.")
-    max_steps: int | None = Field(
-        default=1000, ge=1, description="Optimizer steps to train (exclusive with num_train_epochs)."
-    )
+    max_steps: MaxSteps = 1000
     beta: float = Field(
         default=0.1, gt=0, description="DPO temperature: how far the policy may move from the reference."
     )

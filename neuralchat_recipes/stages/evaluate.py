@@ -25,6 +25,7 @@ from pydantic import Field, model_validator
 from ..config.base import NOT_FINGERPRINTED
 from ..config.dataset import DatasetConfig
 from ..config.stage import StageBase, Template
+from ..execution.secrets import write_json
 from .common import (
     StageError,
     answer_logprobs,
@@ -172,6 +173,7 @@ class ResolvedEval(Resolved):
     top_p: float
     timeout_s: float
     memory_mb: int
+    allow_unsandboxed_code: bool = Field(json_schema_extra=NOT_FINGERPRINTED)
     compare: list[str]
     reward_models: dict[str, str] = {}  # reward stage -> the template it was trained with (its pairs' prompts)
     held_out_of: str | None = None  # rouge without a dataset: the held-out rows of this SFT stage's dataset
@@ -298,17 +300,21 @@ class EvalKind(StageKind):
             top_p=stage.top_p,
             timeout_s=stage.timeout_s,
             memory_mb=stage.memory_mb,
+            allow_unsandboxed_code=p.recipe.allow_unsandboxed_code,
             compare=stage.compare,
             reward_models={other: p.recipe.stages[other].template for other in stage.reward_models},
             held_out_of=sft if held_out else None,
             held_out_dataset=p.recipe.stages[sft].dataset if held_out else None,
         )
 
+    def runs_generated_code(self, args) -> bool:
+        return args.harness == "pass_at_k"
+
     def run(self, ctx) -> dict[str, Any]:
         metrics = _lm_eval(ctx) if ctx.args.harness == "lm_eval" else _generation_harness(ctx)
         if ctx.args.reward_models:
             metrics["results"].update(_judge_reward_models(ctx))
-        (ctx.final / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_json(ctx.final / "metrics.json", metrics, indent=2)  # a program's failure text may hold anything
         return metrics
 
 
@@ -433,7 +439,9 @@ def _pass_at_k(model, tokenizer, problems, args, tag: str) -> dict[str, Any]:
         what=f"{tag}: completing problems",
     )
     completions = [[truncate(c.text) for c in cs] for cs in outputs]
-    result = score(problems, completions, args.k, args.timeout_s, args.memory_mb)
+    result = score(
+        problems, completions, args.k, args.timeout_s, args.memory_mb, allow_unsandboxed=args.allow_unsandboxed_code
+    )
     for p, cs in zip(result["per_problem"], completions):
         p["completions"] = cs
     return result

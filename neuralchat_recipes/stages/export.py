@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ..config.stage import StageBase
+from ..execution.secrets import write_text
 from .common import StageError, log, model_source
 from .kind import PlanContext, Resolved, StageKind
 
@@ -140,7 +141,7 @@ def run(ctx) -> dict[str, Any]:
     (ctx.final / "neuralchat_recipe.json").write_text(recipe_json(ctx.recipe))
     if args.model_card:
         card = render_card(ctx.recipe, ctx.recipe.model, _earlier_manifests(ctx), files)
-        (ctx.final / "README.md").write_text(card, encoding="utf-8")
+        write_text(ctx.final / "README.md", card)
         metrics["model_card"] = "README.md"
     metrics["files"] = sorted(p.name for p in ctx.final.iterdir())
     return metrics

@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 from ..config.base import NOT_FINGERPRINTED
 from ..config.stage import StageBase, Template
 from ..data.paths import resolve_data_path
+from ..execution.secrets import scrub
 from .common import (
     StageError,
     default_system,
@@ -115,19 +116,19 @@ class GenerateKind(StageKind):
         texts = [render_prompt(tokenizer, args.template, [*system, {"role": "user", "content": p}]) for p in prompts]
         sample = {"temperature": args.temperature, "top_p": args.top_p} if args.do_sample else None
         outputs = generate_texts(model, tokenizer, texts, args.max_new_tokens, args.batch_size, sample)
-        with open(ctx.final / "generations.jsonl", "w", encoding="utf-8") as fh:
-            for prompt, (completion,) in zip(prompts, outputs):
-                fh.write(
-                    json.dumps({"prompt": prompt, "completion": completion.text.strip(), "stopped": completion.stopped})
-                    + "\n"
-                )
-                log.info(
-                    "[%s] %r -> %r%s",
-                    ctx.name,
-                    prompt,
-                    completion.text.strip(),
-                    "" if completion.stopped else f" (no end of turn within {args.max_new_tokens} tokens)",
-                )
+        rows = [
+            scrub({"prompt": prompt, "completion": completion.text.strip(), "stopped": completion.stopped})
+            for prompt, (completion,) in zip(prompts, outputs)
+        ]
+        (ctx.final / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        for prompt, (completion,) in zip(prompts, outputs):
+            log.info(
+                "[%s] %r -> %r%s",
+                ctx.name,
+                prompt,
+                completion.text.strip(),
+                "" if completion.stopped else f" (no end of turn within {args.max_new_tokens} tokens)",
+            )
         return {"generations": len(prompts), "stop_rate": sum(c.stopped for (c,) in outputs) / max(len(outputs), 1)}
 
 

@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..config.base import StrictModel
-from ..config.stage import Template, TrainStageBase
+from ..config.base import NOT_FINGERPRINTED, StrictModel
+from ..config.stage import MaxSteps, Template, TrainStageBase
 from .common import load_model, load_tokenizer, log, model_source, render_prompt
 from .kind import PlanContext
 from .peft_config import build_peft_config
@@ -55,9 +55,7 @@ class GRPOStage(TrainStageBase):
         default=8, ge=1, description="Completions per optimizer step over all devices (prompts x num_generations)."
     )
     learning_rate: float = Field(default=1e-6, gt=0, description="Peak learning rate (TRL's default; LoRA wants more).")
-    max_steps: int | None = Field(
-        default=1000, ge=1, description="Optimizer steps to train (exclusive with num_train_epochs)."
-    )
+    max_steps: MaxSteps = 1000
     rewards: list[RewardSpec] = Field(min_length=1, description="Reward functions and their weights.")
     num_generations: int = Field(default=8, ge=2, description="Completions sampled per prompt (the group).")
     max_completion_length: int = Field(default=256, ge=1, description="Tokens generated per completion.")
@@ -95,6 +93,7 @@ class ResolvedGRPO(ResolvedTraining):
     beta: float
     loss_type: str
     scale_rewards: str
+    allow_unsandboxed_code: bool = Field(json_schema_extra=NOT_FINGERPRINTED)
 
     def grpo_config_extra(self) -> dict[str, Any]:
         """GRPOConfig keywords beyond the common training arguments."""
@@ -162,7 +161,11 @@ class GRPOKind(TrainingKind):
             beta=s.beta,
             loss_type=s.loss_type,
             scale_rewards=s.scale_rewards,
+            allow_unsandboxed_code=p.recipe.allow_unsandboxed_code,
         )
+
+    def runs_generated_code(self, args) -> bool:
+        return any(r.name == "code_tests" for r in args.rewards)
 
     def run(self, ctx) -> dict[str, Any]:
         from datasets import Dataset
@@ -189,7 +192,7 @@ class GRPOKind(TrainingKind):
             }
         dataset = Dataset.from_dict(data)
         by_stage = {i.stage: i.output_dir for i in ctx.inputs[1:]}
-        rewards = [build(spec, by_stage.get(spec.stage)) for spec in args.rewards]
+        rewards = [build(spec, by_stage.get(spec.stage), args.allow_unsandboxed_code) for spec in args.rewards]
         log.info(
             "[%s] %d prompts from %s, %d completions each, rewarded by %s",
             ctx.name,

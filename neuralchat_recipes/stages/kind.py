@@ -93,6 +93,10 @@ class StageKind:
         """Plan inputs beyond the one the stage consumes (a merge's base, an evaluation's compared models)."""
         return []
 
+    def runs_generated_code(self, args) -> bool:
+        """Whether the stage, with these resolved settings, runs code a model wrote (it needs the sandbox)."""
+        return False
+
     def resolve(self, p: PlanContext) -> Resolved:
         raise NotImplementedError
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ..config.stage import Template, TrainStageBase
+from ..config.stage import MaxSteps, Template, TrainStageBase
 from .common import load_model, load_tokenizer, log, model_source
 from .kind import PlanContext
 from .peft_config import build_peft_config
@@ -26,9 +26,7 @@ class KTOStage(TrainStageBase):
     kind: Literal["kto"] = Field(default="kto", description="Kahneman-Tversky Optimization on unpaired examples.")
     global_batch_size: int = Field(default=8, ge=1, description="Examples per optimizer step over all devices.")
     learning_rate: float = Field(default=5e-7, gt=0, description="Peak learning rate (TRL's default; LoRA wants more).")
-    max_steps: int | None = Field(
-        default=1000, ge=1, description="Optimizer steps to train (exclusive with num_train_epochs)."
-    )
+    max_steps: MaxSteps = 1000
     beta: float = Field(default=0.1, gt=0, description="How far the policy may move from the reference.")
     desirable_weight: float = Field(
         default=1.0, gt=0, description="Loss weight of desirable examples (raise it when they are fewer)."

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ..config.stage import Template, TrainStageBase
+from ..config.stage import MaxSteps, Template, TrainStageBase
 from .kind import PlanContext
 from .preference import train_without_reference
 from .training import ResolvedTraining, TrainingKind, resolve_training
@@ -27,9 +27,7 @@ class ORPOStage(TrainStageBase):
         gt=0,
         description="Peak learning rate (the paper's 8e-6 is for full fine-tuning; LoRA wants more).",
     )
-    max_steps: int | None = Field(
-        default=1000, ge=1, description="Optimizer steps to train (exclusive with num_train_epochs)."
-    )
+    max_steps: MaxSteps = 1000
     beta: float = Field(
         default=0.1,
         gt=0,

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ..config.stage import Template, TrainStageBase
+from ..config.stage import Epochs, Template, TrainStageBase
 from .common import load_tokenizer, log, model_source, torch_dtype
 from .kind import PlanContext
 from .peft_config import build_peft_config
@@ -27,7 +27,7 @@ class RewardStage(TrainStageBase):
     kind: Literal["reward"] = Field(default="reward", description="Train a reward model on preference pairs.")
     global_batch_size: int = Field(default=8, ge=1, description="Pairs per optimizer step over all devices.")
     learning_rate: float = Field(default=1e-4, gt=0, description="Peak learning rate.")
-    num_train_epochs: float | None = Field(default=1, gt=0, description="Epochs to train (exclusive with max_steps).")
+    num_train_epochs: Epochs = 1
     max_length: int = Field(default=1024, ge=8, description="Longest prompt + answer.")
     center_rewards_coefficient: float | None = Field(
         default=None, ge=0, description="Pull the mean reward towards 0 with this weight (null: not at all)."

@@ -40,16 +40,20 @@ def regex(pattern: str) -> Callable[..., list[float]]:
     return format_check
 
 
-def code_tests(timeout_s: float = 10.0, memory_mb: int = 1024) -> Callable[..., list[float]]:
-    """1 when the prompt's function, completed, passes the problem's tests in the sandbox (code_eval.py), else 0."""
+def code_tests(
+    timeout_s: float = 10.0, memory_mb: int = 1024, allow_unsandboxed: bool = False
+) -> Callable[..., list[float]]:
+    """1 when the prompt's function, completed, passes the problem's tests in the sandbox (execution/sandbox.py),
+    else 0."""
 
     def unit_tests(prompts: list[str], completions: list[str], test: list[str], entry_point: list[str], **_):
-        from .code_eval import program_for, run_program, truncate
+        from ..execution.sandbox import run_untrusted
+        from .code_eval import program_for, truncate
 
         out = []
         for prompt, completion, tests, entry in zip(prompts, completions, test, entry_point):
-            problem = {"prompt": prompt, "test": tests, "entry_point": entry}
-            out.append(float(run_program(program_for(problem, truncate(completion)), timeout_s, memory_mb)[0]))
+            program = program_for({"prompt": prompt, "test": tests, "entry_point": entry}, truncate(completion))
+            out.append(float(run_untrusted(program, timeout_s, memory_mb, allow_unsandboxed)[0]))
         return out
 
     return unit_tests
@@ -82,7 +86,7 @@ REWARDS: dict[str, dict[str, Any]] = {
 }
 
 
-def build(spec, reward_model_dir: str | None = None) -> Callable[..., list[float]]:
+def build(spec, reward_model_dir: str | None = None, allow_unsandboxed: bool = False) -> Callable[..., list[float]]:
     """The callable for one RewardSpec, named after it (TRL logs each reward as rewards/<name>/mean)."""
     if spec.name == "exact_match":
         fn = exact_match
@@ -91,7 +95,7 @@ def build(spec, reward_model_dir: str | None = None) -> Callable[..., list[float
     elif spec.name == "regex":
         fn = regex(spec.pattern)
     elif spec.name == "code_tests":
-        fn = code_tests()
+        fn = code_tests(allow_unsandboxed=allow_unsandboxed)
     else:
         fn = reward_model(reward_model_dir)
 

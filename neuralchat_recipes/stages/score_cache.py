@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import ENGINE_FINGERPRINT_VERSION
+from ..execution.secrets import scrub
 from ..model_sources import current_umask
 from .common import log
 
@@ -58,6 +59,6 @@ class ScoreCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
         with os.fdopen(fd, "w") as fh:
-            json.dump(scores, fh)
+            json.dump(scrub(scores), fh)
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide it from a group sharing output_root
         os.replace(tmp, self.dir / f"{self.key(entry)}.json")

@@ -16,14 +16,15 @@ and chat template are saved.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from ..config.base import NOT_FINGERPRINTED
-from ..config.stage import VIRTUAL_TOKEN_METHODS, Task, Template, TrainStageBase
-from .common import StageError, load_model, load_tokenizer, log, model_source, render_prompt
+from ..config.stage import VIRTUAL_TOKEN_METHODS, Epochs, Task, Template, TrainStageBase
+from .common import SettingError, StageError, load_model, load_tokenizer, log, model_source, render_prompt
 from .kind import PlanContext
 from .peft_config import build_peft_config
 from .train_loop import completion_only_lm_head, ready_to_train, train_and_save, training_config
@@ -58,7 +59,7 @@ class SFTStage(TrainStageBase):
         description="Samples per optimizer step over all devices; per-device batch and accumulation are derived.",
     )
     learning_rate: float = Field(default=1e-4, gt=0, description="Peak learning rate.")
-    num_train_epochs: float | None = Field(default=3, gt=0, description="Epochs to train (exclusive with max_steps).")
+    num_train_epochs: Epochs = 3
     task: Task = Field(
         default="completion",
         description="ITREX task: completion (instructions, alpaca prompt), chat (multi-turn, the model's chat "
@@ -183,8 +184,9 @@ def run(ctx) -> dict[str, Any]:
         held_out = None
     if ctx.model.architecture == "seq2seq":
         return _run_seq2seq(ctx, source, tokenizer, rows, held_out)
-    examples = _tokenized(ctx, tokenizer, rows, "train")
-    eval_examples = _tokenized(ctx, tokenizer, held_out, "eval") if held_out else None
+    counts: dict[str, dict[str, int]] = {}
+    examples = _tokenized(ctx, tokenizer, rows, "train", counts)
+    eval_examples = _tokenized(ctx, tokenizer, held_out, "eval", counts) if held_out else None
     log.info(
         "[%s] %d training samples from %s (%d tokens)%s",
         ctx.name,
@@ -194,9 +196,17 @@ def run(ctx) -> dict[str, Any]:
         f", {len(eval_examples)} held out" if eval_examples else "",
     )
     if args.uses_plain_trainer(ctx.device):
-        return _run_plain_trainer(ctx, source, tokenizer, examples, eval_examples)
+        metrics = _run_plain_trainer(ctx, source, tokenizer, examples, eval_examples)
+    else:
+        metrics = _run_trl(ctx, source, tokenizer, examples, eval_examples)
+    return {**metrics, "rows": counts}
+
+
+def _run_trl(ctx, source: str, tokenizer, examples, eval_examples) -> dict[str, Any]:
+    """TRL's SFTTrainer on pre-tokenized samples (batches padded to their longest sample)."""
     from datasets import Dataset
 
+    args = ctx.args
     trainer_cls, config_cls = ctx.device.trainer("sft")
     # training arguments first: with ZeRO-3 they make from_pretrained load the weights already sharded
     config = training_config(ctx, config_cls, args.trl_config_extra())
@@ -215,8 +225,14 @@ def run(ctx) -> dict[str, Any]:
         return train_and_save(ctx, trainer, tokenizer)
 
 
-def _tokenized(ctx, tokenizer, rows, part: str) -> list[dict[str, list[int]]]:
-    """Tokenize rows, or read them from the tokenized-data cache."""
+# Above these shares of a part's rows, cutting and dropping rows is worth a warning (a max_seq_length too short)
+WARN_TRUNCATED_SHARE = 0.10
+WARN_DROPPED_SHARE = 0.01
+
+
+def _tokenized(ctx, tokenizer, rows, part: str, counts: dict[str, dict[str, int]]) -> list[dict[str, list[int]]]:
+    """Tokenize rows, or read them from the tokenized-data cache; ``counts[part]`` receives how many rows were
+    truncated and dropped (logged, with a warning above WARN_*_SHARE)."""
     from .. import ENGINE_FINGERPRINT_VERSION
     from ..data.tokenize import tokenize_cached, tokenize_sft, tokenizer_identity
     from ..plan import data_identity
@@ -234,15 +250,36 @@ def _tokenized(ctx, tokenizer, rows, part: str) -> list[dict[str, list[int]]]:
         "loss_on": args.loss_on,
     }
     root = Path(ctx.recipe.output_root).expanduser() / "cache" / "tokenized"
+    counted: dict[str, int] = {}
     examples, hit = tokenize_cached(
         root,
         key,
-        lambda: tokenize_sft(rows, tokenizer, args.template, args.max_seq_length, args.max_prompt_length, args.loss_on),
+        lambda: tokenize_sft(
+            rows, tokenizer, args.template, args.max_seq_length, args.max_prompt_length, args.loss_on, counted
+        ),
+        counted,
     )
     if hit:
         log.info("[%s] tokenized %s data read from the cache", ctx.name, part)
+    counts[part] = counted
+    truncated, dropped = counted.get("truncated", 0), counted.get("dropped", 0)
+    if truncated or dropped:
+        heavy = truncated > WARN_TRUNCATED_SHARE * len(rows) or dropped > WARN_DROPPED_SHARE * len(rows)
+        log.log(
+            logging.WARNING if heavy else logging.INFO,
+            "[%s] %s%d of %d %s rows cut to max_seq_length=%d%s, %d dropped (no answer token left to learn from)%s",
+            ctx.name,
+            "warning: " if heavy else "",
+            truncated,
+            len(rows),
+            part,
+            args.max_seq_length,
+            f" / max_prompt_length={args.max_prompt_length}" if args.max_prompt_length else "",
+            dropped,
+            f"; raise `{ctx.name}.max_seq_length` if that is more than you meant" if heavy else "",
+        )
     if not examples:
-        raise StageError(
+        raise SettingError(
             f"`{ctx.name}.dataset`: no {part} sample has a token to learn from after truncation to "
             f"max_seq_length={args.max_seq_length}; raise `{ctx.name}.max_seq_length`"
         )

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import StageError
+from .common import SettingError, StageError
 
 log = logging.getLogger("neuralchat_recipes")
 
@@ -24,10 +24,33 @@ def check_adapter_fits(ctx, model) -> None:
     peft = ctx.stage.peft
     layers = getattr(model.config, "num_hidden_layers", None)
     if peft.method == "llama_adapter" and layers is not None and peft.adapter_layers > layers:
-        raise StageError(
+        raise SettingError(
             f"`{ctx.name}.peft.adapter_layers` = {peft.adapter_layers}: the model has only {layers} "
             f"layers; set `{ctx.name}.peft.adapter_layers={layers}` or fewer"
         )
+    resolved = getattr(ctx.args, "peft", None)
+    if resolved is not None and resolved.method == "lora" and resolved.target_modules and not resolved.all_linear:
+        check_lora_targets(model, resolved.target_modules, ctx.name, from_model_entry=not peft.target_modules)
+
+
+def check_lora_targets(model, targets: list[str], name: str, from_model_entry: bool) -> None:
+    """LoRA targets match module names as PEFT matches them (the whole name, or its last dotted parts). None
+    matching is an error naming the model's linear layers; some not matching (a seed's list written for several
+    architectures) is logged."""
+    import torch
+
+    names = [n for n, _ in model.named_modules() if n]
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+    unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if not unmatched:
+        return
+    key = "model.lora_target_modules" if from_model_entry else f"{name}.peft.target_modules"
+    if len(unmatched) == len(targets):
+        raise SettingError(
+            f"`{key}` = {targets}: no module of {type(model).__name__} has these names; its linear layers are "
+            f"named {', '.join(linear)} (e.g. `{key}=[{','.join(linear[:2])}]`, or `{name}.peft.all_linear=true`)"
+        )
+    log.info("[%s] LoRA targets not in %s, skipped: %s", name, type(model).__name__, ", ".join(unmatched))
 
 
 def ready_to_train(ctx, model) -> None:
@@ -114,6 +137,21 @@ def latest_checkpoint(checkpoint_dir: Path) -> str | None:
     return str(max(done, key=lambda p: int(p.name.split("-")[-1])))
 
 
+def logged_before(checkpoint: str) -> list[dict[str, Any]]:
+    """The log history a checkpoint saved (what the runs before the resume logged), as attach_progress records it."""
+    import json
+
+    try:
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [
+        {"step": h.get("step"), **{k: v for k, v in h.items() if isinstance(v, (int, float)) and k != "step"}}
+        for h in state.get("log_history", [])
+        if isinstance(h, dict)
+    ]
+
+
 def attach_progress(trainer, stage_name: str) -> list[dict[str, Any]]:
     """Replace the trainer's printers with one line per logging step (step, loss, rate, ETA).
 
@@ -160,13 +198,74 @@ def attach_progress(trainer, stage_name: str) -> list[dict[str, Any]]:
     return history
 
 
+class Diverged(StageError):
+    """The loss or the gradient norm stopped being a finite number: what the stage would publish is garbage."""
+
+
+def guard_finite(trainer, ctx) -> None:
+    """Stop the stage at the first micro-batch whose loss, or the first step whose gradient norm, is inf or nan.
+
+    The Trainer on its own logs the mean of earlier losses in place of a nan one (``logging_nan_inf_filter``)
+    and steps on: a diverged stage "finished" with an adapter of NaNs. Checked where the Trainer already reads
+    the value, so no extra device synchronisation: each micro-batch's loss, and the gradient norm the Trainer
+    computes for clipping (before the optimizer step, so the weights it would corrupt are never updated).
+    With fp16 an inf gradient norm is the loss scaler's normal signal to skip a step, and is left to it."""
+    state = {"last": None}  # (step, loss) of the last finite micro-batch loss
+    name, args = ctx.name, ctx.args
+
+    def fail(what: str, value: float) -> None:
+        step = trainer.state.global_step + 1
+        last = state["last"]
+        before = f" (last finite loss {last[1]:.4g}, at step {last[0]})" if last else ""
+        if step == 1 and last is None:
+            likely = (
+                "it is so before any update: check the model's weights and precision "
+                f"(`hardware.precision`, now {args.precision})"
+            )
+        else:
+            likely = f"lower `{name}.learning_rate` (now {args.learning_rate:g})"
+            if not args.max_grad_norm:
+                likely += f" or clip gradients (`{name}.max_grad_norm=1.0`)"
+            if args.precision == "fp16":
+                likely += " or train in bf16 or fp32 (`hardware.precision`)"
+        raise Diverged(
+            f"`{name}`: training diverged at step {step}: the {what} became {value}{before}. Nothing was "
+            f"published; the checkpoints before step {step} are kept under {ctx.checkpoints}. Likely fix: {likely}"
+        )
+
+    training_step = trainer.training_step
+
+    def checked_training_step(*a, **kw):
+        loss = training_step(*a, **kw)
+        value = float(loss.detach().float().mean())
+        if not math.isfinite(value):
+            fail("loss", value)
+        state["last"] = (trainer.state.global_step + 1, value)
+        return loss
+
+    trainer.training_step = checked_training_step
+    trainer.args.logging_nan_inf_filter = False  # a nan is reported, not averaged away
+    grad_norm_of = getattr(trainer, "_get_grad_norm", None)  # transformers >= 5: the norm of every step
+    if callable(grad_norm_of) and not args.fp16:
+
+        def checked_grad_norm(*a, **kw):
+            norm = grad_norm_of(*a, **kw)
+            if norm is not None and not math.isfinite(float(norm)):
+                fail("gradient norm", float(norm))
+            return norm
+
+        trainer._get_grad_norm = checked_grad_norm
+
+
 def train_and_save(ctx, trainer, tokenizer, summarize: tuple[str, ...] = ("loss",)) -> dict[str, Any]:
     """Train (resuming from the newest complete checkpoint), save the result on rank 0, report metrics."""
     name = ctx.name
     history = attach_progress(trainer, name)
+    guard_finite(trainer, ctx)
     resume = latest_checkpoint(ctx.checkpoints)
     if resume:
         log.info("[%s] resuming from %s", name, resume)
+        history[:0] = logged_before(resume)  # the stage's curve spans every run that trained it
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
     train_runtime = time.time() - t0

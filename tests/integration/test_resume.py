@@ -56,6 +56,16 @@ def test_sigkill_mid_sft_resumes_to_the_same_weights(tmp_path):
 
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-5, rtol=1e-4), key
+    # the reported curve spans the whole stage, the part before the kill included
+    import json
+
+    resumed_metrics, clean_metrics = (
+        json.loads(next((root / "artifacts").glob("sft-*/manifest.json")).read_text())["metrics"]
+        for root in (killed_root, clean_root)
+    )
+    assert resumed_metrics["first_loss"] == pytest.approx(clean_metrics["first_loss"])
+    steps = [h["step"] for h in resumed_metrics["history"] if "loss" in h]
+    assert steps == [h["step"] for h in clean_metrics["history"] if "loss" in h] and steps[0] == 1
 
 
 def test_sigterm_mid_sft_stops_cleanly_with_the_resume_hint_and_resumes(tmp_path):

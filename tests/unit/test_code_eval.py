@@ -2,7 +2,8 @@
 
 import pytest
 
-from neuralchat_recipes.stages.code_eval import pass_at_k, run_program, score, truncate
+from neuralchat_recipes.execution.sandbox import run_untrusted
+from neuralchat_recipes.stages.code_eval import pass_at_k, score, truncate
 
 PROBLEMS = [
     {
@@ -65,6 +66,6 @@ def test_runaway_solutions_are_stopped_and_fail(body, reason):
 
 
 def test_a_passing_program_and_the_stop_sequences():
-    assert run_program("print('ok')\n") == (True, "passed")
+    assert run_untrusted("print('ok')\n") == (True, "passed")
     assert truncate("    return 1\n\ndef other():\n    pass") == "    return 1\n"
     assert truncate("    return 1\n") == "    return 1\n"

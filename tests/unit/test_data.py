@@ -234,3 +234,115 @@ def test_saved_template_puts_the_training_default_system_before_conversations_wi
         template, with_default, "</s>"
     )
     assert render(messages=own, eos_token="</s>", add_generation_prompt=True) == prompt_text(template, own, "</s>")
+
+
+def test_rows_are_numbered_by_their_line_when_a_jsonl_file_has_blank_lines(tmp_path):
+    from neuralchat_recipes.data.loading import load_rows
+
+    path = tmp_path / "d.jsonl"
+    good = '{"instruction": "a", "input": "", "output": "b"}'
+    path.write_text(f'{good}\n\n{good}\n\n\n{good}\n{{"instruction": "a"}}\n')
+    dataset = compose_dataset(path)
+    with pytest.raises(DataError, match=r"d.jsonl, row 7: missing column 'output'"):
+        load_rows(dataset, "sft")
+
+
+def compose_dataset(path, fmt="alpaca"):
+    from neuralchat_recipes.config.dataset import DatasetConfig
+
+    return DatasetConfig(name="mine", path=str(path), format=fmt)
+
+
+def test_invalid_utf8_names_the_file_line_and_byte_offset(tmp_path):
+    from neuralchat_recipes.data.loading import load_rows
+
+    for suffix in (".jsonl", ".json", ".csv"):
+        path = tmp_path / f"latin1{suffix}"
+        good = '{"instruction": "a", "input": "", "output": "b"}'
+        body = {
+            ".jsonl": f"{good}\n".encode() + '{"instruction": "café", "input": "", "output": "b"}\n'.encode("latin1"),
+            ".json": f"[{good},\n".encode() + '{"instruction": "café", "input": "", "output": "b"}]\n'.encode("latin1"),
+            ".csv": b"instruction,input,output\na,,b\n" + "café,,b\n".encode("latin1"),
+        }[suffix]
+        path.write_bytes(body)
+        with pytest.raises(DataError) as info:
+            load_rows(compose_dataset(path), "sft")
+        offset = body.index(b"\xe9")
+        assert f"{path.name}, line 2: not valid UTF-8" in str(info.value) or "line 3" in str(info.value)
+        assert f"byte offset {offset}" in str(info.value)
+
+
+def test_empty_csv_cells_are_empty_strings_and_null_answers_say_so(tmp_path):
+    from neuralchat_recipes.data.loading import load_rows
+
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("system,question,chosen,rejected\n,What is 1+1?,2,3\nBe brief.,What is 2+2?,4,5\n")
+    rows, _ = load_rows(compose_dataset(pairs, "orca_dpo_pairs"), "preference")
+    assert rows[0]["prompt"] == [{"role": "user", "content": "What is 1+1?"}] and rows[0]["chosen"] == "2"
+    assert rows[1]["prompt"][0] == {"role": "system", "content": "Be brief."}
+    with pytest.raises(DataError) as info:
+        convert_rows([{"instruction": "a", "input": None, "output": None}], "alpaca", "sft", "f.jsonl")
+    assert "f.jsonl, row 1: column 'output' is empty (null)" in str(info.value)
+
+
+def test_a_slimorca_turn_of_weight_0_is_not_trained_on():
+    from neuralchat_recipes.data.templates import segments
+
+    row = {
+        "conversations": [
+            {"from": "human", "value": "Q1", "weight": 0},
+            {"from": "gpt", "value": "A1", "weight": 0},
+            {"from": "human", "value": "Q2", "weight": 0},
+            {"from": "gpt", "value": "A2", "weight": 1},
+        ]
+    }
+    (out,) = convert_rows([row], "slimorca", "sft", "f.jsonl")
+    trained = "".join(t for t, tr in segments("neural_chat", out["messages"], "</s>") if tr)
+    assert trained == "A2</s>"
+    with pytest.raises(DataError, match="weight must be a number"):
+        convert_rows([{"conversations": [{"from": "human", "value": "Q", "weight": "x"}]}], "slimorca", "sft", "f")
+
+
+def test_truncated_and_dropped_rows_are_counted():
+    from neuralchat_recipes.data.tokenize import tokenize_sft
+
+    tok = _tokenizer()
+    long_answer = " ".join(["word"] * 80)
+    rows = [
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "short"}]},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": long_answer}]},
+        {"messages": [{"role": "user", "content": long_answer}, {"role": "assistant", "content": "late"}]},
+    ]
+    counts: dict = {}
+    out = tokenize_sft(rows, tok, "neural_chat", 40, None, "assistant", counts)
+    assert counts == {"rows": 3, "truncated": 1, "dropped": 1} and len(out) == 2
+
+
+def _tokenizer():
+    from transformers import AutoTokenizer
+
+    from neuralchat_recipes.tiny_model import resolve_builtin
+
+    return AutoTokenizer.from_pretrained(resolve_builtin("builtin:tiny-llama"))
+
+
+@pytest.mark.parametrize("fmt", ["messages", "ultrachat", "slimorca"])
+def test_an_empty_system_turn_without_a_default_renders_no_system_block(fmt):
+    from jinja2 import Environment
+
+    turns = [("system", ""), ("user", "hi"), ("assistant", "hello")]
+    if fmt == "slimorca":
+        row = {
+            "conversations": [{"from": {"user": "human", "assistant": "gpt"}.get(r, r), "value": c} for r, c in turns]
+        }
+    else:
+        row = {"messages": [{"role": r, "content": c} for r, c in turns]}
+    (out,) = convert_rows([row], fmt, "sft", "f.jsonl", None)
+    text = "".join(t for t, _ in segments("neural_chat", out["messages"], "</s>"))
+    assert text == "### User:\nhi</s>\n### Assistant:\nhello</s>\n"
+    # the saved chat template does the same with an empty system message
+    source = jinja_chat_template("neural_chat").replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    messages = [{"role": r, "content": c} for r, c in turns]
+    rendered = Environment().from_string(source).render(messages=messages, eos_token="</s>")
+    assert rendered == text
+    assert "".join(t for t, _ in segments("neural_chat", messages, "</s>")) == text

@@ -182,3 +182,58 @@ def test_eval_split_is_for_hub_datasets():
 def test_packing_with_virtual_token_adapters_is_refused():
     msg = error_of("recipe=tiny", "sft.packing=true", "peft@sft.peft=prompt_tuning")
     assert "`sft`: `packing` is not supported with peft method 'prompt_tuning'" in msg and "sft.packing=false" in msg
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("sft.learning_rate=inf", "`sft.learning_rate` = inf"),
+        ("dpo.beta=inf", "`dpo.beta` = inf"),
+        ("sft.warmup_ratio=nan", "`sft.warmup_ratio` = nan"),
+        ("dpo.peft.alpha=-inf", "`dpo.peft.alpha` = -inf"),
+    ],
+)
+def test_non_finite_numbers_are_refused_everywhere(override, key):
+    msg = error_of("recipe=tiny", override)
+    assert key in msg and "finite number" in msg
+
+
+def test_absurd_step_and_epoch_counts_are_refused():
+    assert "`sft.max_steps` = 100000000000" in error_of(
+        "recipe=tiny", "sft.num_train_epochs=null", "sft.max_steps=1e11"
+    )
+    assert "at most 10M" in error_of("recipe=tiny", "dpo.max_steps=20000000")
+    msg = error_of("recipe=tiny", "sft.num_train_epochs=1e9")
+    assert "`sft.num_train_epochs`" in msg and "at most 10,000" in msg
+
+
+def test_an_empty_output_root_is_refused_rather_than_the_current_directory():
+    msg = error_of("recipe=tiny", "output_root=")
+    assert "`output_root`: is empty" in msg and "output_root=outputs" in msg
+
+
+def test_a_misspelt_group_package_suggests_the_spelling_not_a_new_entry():
+    msg = error_of("recipe=tiny", "dataset@sft.datset=alpaca")
+    assert "did you mean `dataset@sft.dataset=alpaca`?" in msg
+    msg = error_of("recipe=tiny", "peft@dpo.pft=lora")
+    assert "did you mean `peft@dpo.peft=lora`?" in msg
+
+
+def cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "neuralchat_recipes", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("sft." + "a" * 300 + "=1", "(304 characters): no recipe has such a key"),
+        ("sft.dataset.default_system=Vous êtes", "'sft.dataset.default_system=\"Vous êtes\"'"),
+        ("sft.dataset.default_system=日本語", "must be quoted"),
+    ],
+)
+def test_overrides_hydra_cannot_read_get_a_sentence_and_exit_2(override, expected):
+    proc = cli("mode=validate", override)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert expected in proc.stderr
