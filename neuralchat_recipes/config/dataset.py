@@ -8,6 +8,9 @@ from pydantic import Field, model_validator
 
 from .base import StrictModel
 
+# Prompt formats a conversation is rendered with (data/templates.py; `tokenizer`: the model's own chat template)
+Template = Literal["neural_chat", "alpaca", "chatml", "llama2", "qa", "tokenizer", "summarization", "plain"]
+
 # Row formats: the column layout of the real dataset a format adapter reads
 # (see neuralchat_recipes/data/formats.py for the adapters and RECIPE_FACTS.md for schemas).
 RowFormat = Literal[
@@ -89,6 +92,22 @@ class DatasetConfig(StrictModel):
         description="System prompt used when a row has none (neural-chat: `You are a helpful, respectful and honest "
         "assistant.`).",
     )
+    streaming: bool = Field(
+        default=False,
+        description="Read the rows as a stream instead of downloading and converting the whole split first (hub "
+        "datasets too large for the disk; the optimum-habana SFT seed's --streaming). The stage then needs "
+        "`max_steps`; held-out rows come from `eval_split`. Its first 1000 rows are checked before training.",
+    )
+    weight: float = Field(
+        default=1.0,
+        gt=0,
+        description="In a mixture (a stage's `dataset` plus its `mix` entries): this dataset's share of the training "
+        "samples, relative to the other entries' weights.",
+    )
+    template: Template | None = Field(
+        default=None,
+        description="SFT: the prompt format this dataset's rows are rendered with; null: the stage's `template`.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetConfig:
@@ -104,6 +123,11 @@ class DatasetConfig(StrictModel):
             )
         if self.eval_split and self.validation_split_percentage:
             raise ValueError(f"dataset {self.name!r}: set `eval_split` or `validation_split_percentage`, not both")
+        if self.streaming and self.validation_split_percentage:
+            raise ValueError(
+                f"dataset {self.name!r}: a streamed dataset holds out rows with `eval_split`, not "
+                "`validation_split_percentage`"
+            )
         known = FORMAT_COLUMNS[self.format]
         unknown = [k for k in (self.columns or {}) if k not in known]
         if unknown:

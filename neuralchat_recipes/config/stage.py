@@ -12,11 +12,11 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from .base import NOT_FINGERPRINTED, StrictModel
-from .dataset import DatasetConfig
+from .dataset import DatasetConfig, Template
 from .deepspeed import DeepSpeedConfig
 from .peft import FullConfig, PeftConfig
 
-Template = Literal["neural_chat", "alpaca", "chatml", "llama2", "qa", "tokenizer", "summarization", "plain"]
+__all__ = ["MaxSteps", "Epochs", "StageBase", "Task", "Template", "TrainStageBase", "VIRTUAL_TOKEN_METHODS"]
 
 # PEFT methods that prepend trained virtual tokens (or adaption prompts) to the whole sequence
 VIRTUAL_TOKEN_METHODS = ("p_tuning", "prefix_tuning", "prompt_tuning", "llama_adapter")
@@ -47,6 +47,17 @@ class StageBase(StrictModel):
 
 class TrainStageBase(StageBase):
     dataset: DatasetConfig = Field(description="Training data (a `dataset/` entry).")
+    mix: dict[str, DatasetConfig] = Field(
+        default_factory=dict,
+        description="More datasets mixed into `dataset`, by a name of your choice: each entry's `weight` is its share "
+        "of the samples beside `dataset.weight` (e.g. `sft.dataset.weight=0.7 +dataset@sft.mix.chat=ultrachat_200k "
+        "sft.mix.chat.weight=0.3`). Sampling is deterministic under `seed`; the manifest records the realised mix.",
+    )
+    mix_stopping: Literal["first_exhausted", "all_exhausted"] = Field(
+        default="first_exhausted",
+        description="When a mixture ends: `first_exhausted` (each dataset's rows used at most once: the mix stops when "
+        "one runs out) or `all_exhausted` (smaller datasets repeat until every one has been seen).",
+    )
     peft: PeftConfig = Field(default_factory=FullConfig, description="Adapter to train (a `peft/` entry).")
     global_batch_size: int = Field(
         ge=1, description="Samples per optimizer step over all devices; per-device batch and accumulation are derived."
@@ -112,6 +123,21 @@ class TrainStageBase(StageBase):
             raise ValueError(
                 f"`do_eval` needs held-out data, but dataset {self.dataset.name!r} has none; set "
                 "`dataset.validation_split_percentage` (e.g. 5) or, for a hub dataset, `dataset.eval_split`"
+            )
+        return self
+
+    @property
+    def all_datasets(self) -> list[tuple[str, DatasetConfig]]:
+        """(key under the stage, entry) of the training data: `dataset`, then each `mix` entry."""
+        return [("dataset", self.dataset), *((f"mix.{name}", d) for name, d in self.mix.items())]
+
+    @model_validator(mode="after")
+    def _streams_need_steps(self) -> TrainStageBase:
+        streamed = [key for key, d in self.all_datasets if d.streaming]
+        if streamed and self.num_train_epochs is not None:
+            raise ValueError(
+                f"`{streamed[0]}.streaming`: a stream has no length to count epochs by; train for a number of "
+                "steps: `max_steps=N num_train_epochs=null`"
             )
         return self
 

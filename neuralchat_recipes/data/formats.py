@@ -247,3 +247,57 @@ def convert_rows(
     if not out:
         raise DataError(f"{source}: no rows")
     return out
+
+
+# ---- batches of Arrow rows (data/loading.py) -------------------------------------------------------------------
+HERE = "\x00row\x00"  # where an adapter's message names the row; replaced by the caller, who knows the file and row
+
+
+class BadRow(DataError):
+    """A row of a batch that cannot be used: its position in the batch and the problem."""
+
+    def __init__(self, position: int, problem: str):
+        self.position, self.problem = position, problem
+        super().__init__(problem)
+
+    def __reduce__(self):  # raised in a map worker process, re-raised in the parent
+        return (BadRow, (self.position, self.problem))
+
+
+MESSAGE_KEYS = ("role", "content", "train")
+
+
+def _uniform(messages: list[Row]) -> list[Row]:
+    """Every message with the same keys (an Arrow list of structs): role, content, train (True unless masked)."""
+    return [{"role": m["role"], "content": m["content"], "train": m.get("train", True)} for m in messages]
+
+
+def convert_batch(
+    batch: dict[str, list], fmt: str, use: str, default_system: str | None = None, columns: dict[str, str] | None = None
+) -> dict[str, list]:
+    """A batch of rows as Arrow holds them (columns of lists) -> canonical columns. A null cell counts as a missing
+    column: Arrow cannot tell a row that lacks a key from one whose value is null. Raises BadRow."""
+    adapter = ADAPTERS[(fmt, use)]
+    rename = {theirs: ours for ours, theirs in (columns or {}).items()}
+    keys = list(batch)
+    size = len(batch[keys[0]]) if keys else 0
+    out: dict[str, list] = {}
+    for position in range(size):
+        row = {k: batch[k][position] for k in keys if batch[k][position] is not None}
+        try:
+            if rename:
+                missing = [theirs for theirs in rename if theirs not in row]
+                if missing:
+                    raise DataError(
+                        f"{HERE}: missing column {missing[0]!r}, which `columns` maps to "
+                        f"{rename[missing[0]]!r} (columns present: {sorted(row)})"
+                    )
+                row = {rename.get(k, k): v for k, v in row.items() if k not in rename.values() or k in rename}
+            converted = adapter(row, HERE, default_system)
+        except DataError as exc:
+            raise BadRow(position, str(exc).replace(f"{HERE}: ", "", 1)) from None
+        for key, value in converted.items():
+            if key in ("messages", "prompt") and isinstance(value, list):
+                value = _uniform(value)
+            out.setdefault(key, []).append(value)
+    return out

@@ -29,44 +29,164 @@ def labels_of(example: dict[str, list[int]]) -> list[int]:
     return [t if m else IGNORE for t, m in zip(example["input_ids"], example["assistant_masks"])]
 
 
-def pack(examples: list[dict[str, list[int]]], block_size: int) -> list[dict[str, list[int]]]:
-    """Best-fit-decreasing bin packing of whole samples into blocks of at most block_size tokens.
+class _Spaces:
+    """The free spaces of the open blocks, as a max segment tree over 1..block_size: the smallest space that
+    holds n tokens is found in O(log block_size) (TRL's packer and "Fewer Truncations Improve Language
+    Modeling" use the same structure), so half a million samples pack in seconds."""
 
-    Each block holds input_ids, labels and position_ids (restarting at 0 for every sample). A
-    sample's first label is IGNORE: nothing before it in its own sequence predicts it, and the
-    previous sample must not."""
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]), reverse=True)
-    blocks: list[list[int]] = []  # sample indices per block
-    free: list[int] = []  # free space per block
-    by_space: list[list[int]] = [[] for _ in range(block_size + 1)]  # block ids by their free space
-    for i in order:
-        n = len(examples[i]["input_ids"])
-        if n > block_size:
-            raise ValueError(f"sample {i} has {n} tokens, more than the block size {block_size}; truncate first")
-        space = next((s for s in range(n, block_size + 1) if by_space[s]), None)
-        if space is None:
+    def __init__(self, block_size: int):
+        self.size = 1 << max(block_size - 1, 1).bit_length()
+        self.tree = [0] * (2 * self.size)
+
+    def _set(self, space: int, value: int) -> None:
+        i = self.size + space - 1
+        self.tree[i] = value
+        tree = self.tree
+        while i > 1:
+            i >>= 1
+            left, right = tree[2 * i], tree[2 * i + 1]
+            tree[i] = left if left >= right else right
+
+    def add(self, space: int) -> None:
+        self._set(space, space)
+
+    def remove(self, space: int) -> None:
+        self._set(space, 0)
+
+    def smallest_at_least(self, n: int) -> int:
+        """The smallest open space >= n, or 0 when none is."""
+        tree = self.tree
+        if tree[1] < n:
+            return 0
+        i = 1
+        while i < self.size:
+            i = 2 * i if tree[2 * i] >= n else 2 * i + 1
+        return tree[i]
+
+
+def plan_blocks(lengths, block_size: int) -> list[list[int]]:
+    """Best-fit-decreasing bin packing: the sample indices of each block of at most ``block_size`` tokens.
+    Longest first; each sample goes to the open block whose free space fits it most tightly (among equals the
+    one opened last), or opens a block."""
+    import numpy as np
+
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if len(lengths) and int(lengths.max()) > block_size:
+        i = int(np.argmax(lengths))
+        raise ValueError(f"sample {i} has {int(lengths[i])} tokens, more than the block size {block_size}; truncate")
+    order = np.argsort(-lengths, kind="stable")
+    spaces = _Spaces(block_size)
+    by_space: dict[int, list[int]] = {}  # open block ids by their free space
+    blocks: list[list[int]] = []
+    free: list[int] = []
+    for i, n in zip(order.tolist(), lengths[order].tolist()):
+        space = spaces.smallest_at_least(n) if n else 0
+        if space:
+            b = by_space[space].pop()
+            if not by_space[space]:
+                spaces.remove(space)
+        else:
             b = len(blocks)
             blocks.append([])
             free.append(block_size)
-        else:
-            b = by_space[space].pop()
         blocks[b].append(i)
         free[b] -= n
-        by_space[free[b]].append(b)
-    out = []
-    for members in blocks:
-        ids: list[int] = []
-        labels: list[int] = []
-        positions: list[int] = []
-        for i in members:
-            ex = examples[i]
-            lab = labels_of(ex)
-            lab[0] = IGNORE
-            ids += ex["input_ids"]
-            labels += lab
-            positions += list(range(len(ex["input_ids"])))
-        out.append({"input_ids": ids, "labels": labels, "position_ids": positions})
-    return out
+        if free[b] > 0:
+            if not by_space.get(free[b]):
+                by_space[free[b]] = []
+                spaces.add(free[b])
+            by_space[free[b]].append(b)
+    return blocks
+
+
+def assemble(members: list[dict[str, list[int]]]) -> dict[str, list[int]]:
+    """One packed block from its samples: input_ids, labels, position_ids (restarting at 0 per sample). A
+    sample's first label is IGNORE: nothing before it in its own sequence predicts it, and the previous sample
+    must not."""
+    ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+    for ex in members:
+        lab = labels_of(ex)
+        lab[0] = IGNORE
+        ids += list(ex["input_ids"])
+        labels += lab
+        positions += list(range(len(ex["input_ids"])))
+    return {"input_ids": ids, "labels": labels, "position_ids": positions}
+
+
+def pack(examples: list[dict[str, list[int]]], block_size: int) -> list[dict[str, list[int]]]:
+    """Samples (Python lists) packed into blocks of at most block_size tokens (plan_blocks, assemble)."""
+    plan = plan_blocks([len(e["input_ids"]) for e in examples], block_size)
+    return [assemble([examples[i] for i in members]) for members in plan]
+
+
+class PackedBlocks:
+    """A map-style dataset of packed blocks over tokenized samples in Arrow (input_ids, assistant_masks): a
+    block's samples are read from the memory-mapped files when the data loader asks for it, so nothing is
+    copied or held in memory beyond a batch."""
+
+    def __init__(self, samples, plan: list[list[int]]):
+        self.samples = samples.select_columns(["input_ids", "assistant_masks"])
+        self.plan = plan
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        rows = self.samples[self.plan[index]]
+        return assemble(
+            [{"input_ids": i, "assistant_masks": m} for i, m in zip(rows["input_ids"], rows["assistant_masks"])]
+        )
+
+    def lengths(self, sample_lengths) -> list[int]:
+        return [int(sum(sample_lengths[i] for i in members)) for members in self.plan]
+
+
+def cached_plan(root, key: dict, lengths, block_size: int) -> list[list[int]]:
+    """plan_blocks, kept in ``root`` under a hash of ``key`` (flat member indices and block offsets, numpy)."""
+    import hashlib
+    import json
+    import os
+    from pathlib import Path
+
+    import numpy as np
+
+    path = Path(root) / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24] + ".npz")
+    if path.is_file():
+        saved = np.load(path)
+        flat, offsets = saved["members"], saved["offsets"]
+        return [flat[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+    plan = plan_blocks(lengths, block_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+    offsets = np.cumsum([0] + [len(b) for b in plan])
+    np.savez(tmp, members=np.asarray([i for b in plan for i in b], dtype=np.int64), offsets=offsets)
+    tmp.replace(path)
+    return plan
+
+
+def stream_of(make):
+    """A torch IterableDataset whose every pass iterates a new ``make()`` (the Trainer restarts it per epoch)."""
+    from torch.utils.data import IterableDataset
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(make())
+
+    return Stream()
+
+
+def packed_stream(samples, block_size: int, buffer: int = 2000):
+    """Blocks packed from a stream of tokenized samples: best fit within each run of ``buffer`` samples."""
+    pending: list[dict[str, list[int]]] = []
+    for sample in samples:
+        pending.append({"input_ids": sample["input_ids"], "assistant_masks": sample["assistant_masks"]})
+        if len(pending) >= buffer:
+            yield from pack(pending, block_size)
+            pending = []
+    if pending:
+        yield from pack(pending, block_size)
 
 
 def non_pad_fraction(lengths: list[int], batch_size: int, pad_to: int | None = None) -> float:

@@ -100,7 +100,7 @@ def check_writable(root: Path) -> None:
 def preflight(recipe: RecipeConfig, plan: Plan) -> None:
     """Everything that can fail cheaply fails here, before the first stage trains."""
     from ..data.formats import DataError
-    from ..data.loading import HubDataUnavailable, load_splits
+    from ..data.loading import HubDataUnavailable, check, data_cache
     from ..stages import KINDS
 
     check_writable(Path(plan.output_root))
@@ -116,7 +116,7 @@ def preflight(recipe: RecipeConfig, plan: Plan) -> None:
                 problems.append(str(exc))
         for key, dataset, use in KINDS[spec.kind].datasets(recipe.stages[spec.name]):
             try:
-                load_splits(dataset, use)
+                check(dataset, use, data_cache(recipe.output_root))
             except HubDataUnavailable as exc:
                 where = f"{spec.name}.{key}"
                 problems.append(

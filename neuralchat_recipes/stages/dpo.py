@@ -246,12 +246,12 @@ def dpo_trainer_class(trainer_cls, max_prompt_length: int):
 
 def run(ctx) -> dict[str, Any]:
 
-    from ..data.loading import load_splits
+    from ..data.loading import data_cache, load_training_rows
 
     args = ctx.args
     source = model_source(ctx.inputs[0])
     tokenizer = load_tokenizer(ctx.model, source, args.template, args.default_system)
-    rows, held_out, data_source = load_splits(ctx.stage.dataset, "preference")
+    rows, held_out, data_source, mix = load_training_rows(ctx.stage, "preference", data_cache(ctx.recipe.output_root))
 
     def pairs(rows_):  # with each pair's length for the length-grouped sampler
         return pairs_dataset(rows_, tokenizer, args.template, with_length=args.group_by_length)
@@ -276,7 +276,7 @@ def run(ctx) -> dict[str, Any]:
         # the plan's reference (adapter disabled, or scored before training: no second model), unless this TRL
         # kept a frozen copy after all
         reference = "frozen copy of the input model" if trainer.ref_model is not None else args.reference_model
-        extra: dict[str, Any] = {"reference_model": reference, "sample_unit": "pairs"}
+        extra: dict[str, Any] = {"reference_model": reference, "sample_unit": "pairs", **({"mix": mix} if mix else {})}
         if trainer.ref_precompute_s:  # (older TRL, as on Gaudi, scores the reference inside train())
             extra["reference_scored_before_training_s"] = round(trainer.ref_precompute_s, 2)
             log.info(

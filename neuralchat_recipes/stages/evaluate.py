@@ -330,10 +330,10 @@ def _models(ctx) -> list[tuple[str, Any]]:
 def _judge_reward_models(ctx) -> dict[str, dict[str, float]]:
     """Each reward model on the preference pairs: how often it scores the chosen answer higher (the column
     a policy's "prefers chosen" is in) and by how much on average (in its own score units)."""
-    from ..data.loading import load_rows
+    from ..data.loading import data_cache, load_rows
     from .reward import load_scorer
 
-    pairs = load_rows(ctx.stage.preference_dataset, "preference")[0]
+    pairs = load_rows(ctx.stage.preference_dataset, "preference", data_cache(ctx.recipe.output_root))[0]
     judged = {}
     for entry in ctx.inputs[1 + len(ctx.args.compare) :]:
         t0 = time.perf_counter()
@@ -449,16 +449,17 @@ def _pass_at_k(model, tokenizer, problems, args, tag: str) -> dict[str, Any]:
 
 def _eval_rows(ctx):
     """What the generation-based harnesses score, loaded once for every compared model."""
-    from ..data.loading import load_rows, load_splits
+    from ..data.loading import data_cache, load_rows, load_splits
 
     stage, args = ctx.stage, ctx.args
+    cache = data_cache(ctx.recipe.output_root)
     limit = args.limit
     if args.harness == "pass_at_k":
-        rows = load_rows(stage.dataset, "code")[0]
+        rows = load_rows(stage.dataset, "code", cache)[0]
     elif stage.dataset is not None:
-        rows = load_rows(stage.dataset, "sft")[0]
+        rows = load_rows(stage.dataset, "sft", cache)[0]
     elif args.held_out_dataset is not None:
-        held = load_splits(args.held_out_dataset, "sft")[1]
+        held = load_splits(args.held_out_dataset, "sft", cache)[1]
         if not held:
             raise StageError(f"`{ctx.name}`: the {args.held_out_of!r} stage's dataset has no held-out rows")
         rows = held
@@ -468,12 +469,13 @@ def _eval_rows(ctx):
 
 
 def _generation_harness(ctx) -> dict[str, Any]:
-    from ..data.loading import load_rows
+    from ..data.loading import data_cache, load_rows
 
     stage, args, template = ctx.stage, ctx.args, ctx.args.template
     harness = args.harness
     rows = _eval_rows(ctx)
-    pairs = load_rows(stage.preference_dataset, "preference")[0] if stage.preference_dataset else None
+    cache = data_cache(ctx.recipe.output_root)
+    pairs = load_rows(stage.preference_dataset, "preference", cache)[0] if stage.preference_dataset else None
     cache = _score_cache(ctx)
     results = {}
     for number, (label, entry) in enumerate(_models(ctx), 1):

@@ -116,8 +116,8 @@ class GRPOKind(TrainingKind):
     supports_seq2seq = False
     trainer_family = "grpo"
 
-    def datasets(self, stage):
-        return [("dataset", stage.dataset, "code" if stage.dataset.format == "humaneval" else "sft")]
+    def use_of(self, stage) -> str:
+        return "code" if stage.dataset.format == "humaneval" else "sft"
 
     def rules(self, recipe, name: str, stage) -> list[str]:
         from ..graph import earlier, produces
@@ -170,14 +170,15 @@ class GRPOKind(TrainingKind):
     def run(self, ctx) -> dict[str, Any]:
         from datasets import Dataset
 
-        from ..data.loading import load_splits
+        from ..data.loading import data_cache, load_training_rows
         from .rewards import build
 
         args = ctx.args
         source = model_source(ctx.inputs[0])
         tokenizer = load_tokenizer(ctx.model, source, args.template, args.default_system)
         code = ctx.stage.dataset.format == "humaneval"
-        rows, _, data_source = load_splits(ctx.stage.dataset, "code" if code else "sft")
+        use = "code" if code else "sft"
+        rows, _, data_source, mix = load_training_rows(ctx.stage, use, data_cache(ctx.recipe.output_root))
         if code:
             data = {
                 "prompt": [r["prompt"] for r in rows],
@@ -214,7 +215,8 @@ class GRPOKind(TrainingKind):
             peft_config=build_peft_config(args.peft),
             **ctx.device.trainer_kwargs(args.device_args),
         )
-        return train_and_save(ctx, trainer, tokenizer, ("loss", "reward", "kl"))
+        metrics = train_and_save(ctx, trainer, tokenizer, ("loss", "reward", "kl"))
+        return {**metrics, **({"mix": mix} if mix else {})}
 
 
 KIND = GRPOKind()

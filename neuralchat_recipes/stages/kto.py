@@ -66,8 +66,8 @@ class KTOKind(TrainingKind):
     trainer_family = "kto"
     data_use = "unpaired"  # with from_pairs, preference pairs (datasets below); the shared rule names the fix
 
-    def datasets(self, stage):
-        return [("dataset", stage.dataset, "preference" if stage.from_pairs else "unpaired")]
+    def use_of(self, stage) -> str:
+        return "preference" if stage.from_pairs else "unpaired"
 
     def resolve(self, p: PlanContext) -> ResolvedKTO:
         stage = p.stage
@@ -81,12 +81,13 @@ class KTOKind(TrainingKind):
         )
 
     def run(self, ctx) -> dict[str, Any]:
-        from ..data.loading import load_splits
+        from ..data.loading import data_cache, load_training_rows
 
         args = ctx.args
         source = model_source(ctx.inputs[0])
         tokenizer = load_tokenizer(ctx.model, source, args.template, args.default_system)
-        rows, held_out, data_source = load_splits(ctx.stage.dataset, "preference" if args.from_pairs else "unpaired")
+        use = "preference" if args.from_pairs else "unpaired"
+        rows, held_out, data_source, mix = load_training_rows(ctx.stage, use, data_cache(ctx.recipe.output_root))
         if args.from_pairs:
             rows, held_out = unpaired(rows), unpaired(held_out) if held_out else None
         dataset = unpaired_dataset(rows, tokenizer, args.template)
@@ -111,7 +112,7 @@ class KTOKind(TrainingKind):
             metrics = train_and_save(
                 ctx, trainer, tokenizer, ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins")
             )
-        return metrics
+        return {**metrics, **({"mix": mix} if mix else {})}
 
 
 KIND = KTOKind()

@@ -54,12 +54,12 @@ def unpaired_dataset(rows: list[dict[str, Any]], tokenizer, template: str):
 def train_without_reference(ctx, family: str, config_extra: dict[str, Any], what: str = "") -> dict[str, Any]:
     """A reference-free preference trainer (ORPO, CPO / SimPO) on the stage's pairs, held-out pairs evaluated
     when ``do_eval``: the whole run of those kinds, which differ only in their trainer and its settings."""
-    from ..data.loading import load_splits
+    from ..data.loading import data_cache, load_training_rows
 
     args = ctx.args
     source = model_source(ctx.inputs[0])
     tokenizer = load_tokenizer(ctx.model, source, args.template, args.default_system)
-    rows, held_out, data_source = load_splits(ctx.stage.dataset, "preference")
+    rows, held_out, data_source, mix = load_training_rows(ctx.stage, "preference", data_cache(ctx.recipe.output_root))
     dataset = pairs_dataset(rows, tokenizer, args.template)
     log.info("[%s] %d preference pairs from %s%s", ctx.name, len(dataset), data_source, what)
     trainer_cls, config_cls = ctx.device.trainer(family)
@@ -77,4 +77,4 @@ def train_without_reference(ctx, family: str, config_extra: dict[str, Any], what
             **ctx.device.trainer_kwargs(args.device_args),
         )
         metrics = train_and_save(ctx, trainer, tokenizer, ("loss", "rewards/accuracies", "rewards/margins"))
-    return {**metrics, "sample_unit": "pairs"}
+    return {**metrics, "sample_unit": "pairs", **({"mix": mix} if mix else {})}

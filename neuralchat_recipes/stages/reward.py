@@ -69,12 +69,13 @@ class RewardKind(TrainingKind):
     def run(self, ctx) -> dict[str, Any]:
         from transformers import AutoModelForSequenceClassification
 
-        from ..data.loading import load_splits
+        from ..data.loading import data_cache, load_training_rows
 
         args = ctx.args
         source = model_source(ctx.inputs[0])
         tokenizer = load_tokenizer(ctx.model, source, args.template, args.default_system)
-        rows, held_out, data_source = load_splits(ctx.stage.dataset, "preference")
+        cache = data_cache(ctx.recipe.output_root)
+        rows, held_out, data_source, mix = load_training_rows(ctx.stage, "preference", cache)
         dataset = pairs_dataset(rows, tokenizer, args.template)
         log.info("[%s] %d preference pairs from %s", ctx.name, len(dataset), data_source)
         trainer_cls, config_cls = ctx.device.trainer(self.trainer_family)
@@ -104,7 +105,7 @@ class RewardKind(TrainingKind):
                 if item.name.startswith("adapter_"):
                     item.unlink() if item.is_file() else shutil.rmtree(item)
             trainer.model.merge_and_unload().save_pretrained(str(ctx.final), safe_serialization=True)
-        return metrics
+        return {**metrics, **({"mix": mix} if mix else {})}
 
 
 KIND = RewardKind()

@@ -16,7 +16,6 @@ and chat template are saved.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +23,7 @@ from pydantic import Field, model_validator
 
 from ..config.base import NOT_FINGERPRINTED
 from ..config.stage import VIRTUAL_TOKEN_METHODS, Epochs, Task, Template, TrainStageBase
-from .common import SettingError, StageError, load_model, load_tokenizer, log, model_source, render_prompt
+from .common import SettingError, load_model, load_tokenizer, log, model_source, render_prompt
 from .kind import PlanContext
 from .peft_config import build_peft_config
 from .train_loop import completion_only_lm_head, ready_to_train, train_and_save, training_config
@@ -137,6 +136,8 @@ class ResolvedSFT(ResolvedTraining):
             group_by_length=self.group_by_length,
             dataset_num_proc=None,
             include_num_input_tokens_seen="non_padding",
+            # the samples are tokenized and masked already, and the stage's collator builds labels per batch
+            dataset_kwargs={"skip_prepare_dataset": True},
         )
 
     def plain_config_extra(self) -> dict[str, Any]:
@@ -174,50 +175,76 @@ KIND = SFTKind()
 
 
 def run(ctx) -> dict[str, Any]:
-    from ..data.loading import load_splits
-
     args = ctx.args
     source = model_source(ctx.inputs[0])
     tokenizer = load_tokenizer(ctx.model, source, args.template, args.default_system)
-    rows, held_out, data_source = load_splits(ctx.stage.dataset, "sft")
-    if not args.do_eval:
-        held_out = None
     if ctx.model.architecture == "seq2seq":
-        return _run_seq2seq(ctx, source, tokenizer, rows, held_out)
-    counts: dict[str, dict[str, int]] = {}
-    examples = _tokenized(ctx, tokenizer, rows, "train", counts)
-    eval_examples = _tokenized(ctx, tokenizer, held_out, "eval", counts) if held_out else None
-    log.info(
-        "[%s] %d training samples from %s (%d tokens)%s",
-        ctx.name,
-        len(examples),
-        data_source,
-        sum(len(e["input_ids"]) for e in examples),
-        f", {len(eval_examples)} held out" if eval_examples else "",
-    )
-    if args.uses_plain_trainer(ctx.device):
-        metrics = _run_plain_trainer(ctx, source, tokenizer, examples, eval_examples)
+        from ..data.loading import data_cache, load_splits
+
+        rows, held_out, _ = load_splits(ctx.stage.dataset, "sft", data_cache(ctx.recipe.output_root))
+        return _run_seq2seq(ctx, source, tokenizer, rows, held_out if args.do_eval else None)
+    data = _prepare(ctx, source, tokenizer)
+    if data.streaming:
+        log.info("[%s] training samples streamed from %s", ctx.name, data.source)
     else:
-        metrics = _run_trl(ctx, source, tokenizer, examples, eval_examples)
-    return {**metrics, "rows": counts}
+        log.info(
+            "[%s] %d training samples from %s (%d tokens)%s",
+            ctx.name,
+            data.train.num_rows,
+            data.source,
+            data.tokens,
+            f", {data.held.num_rows} held out" if data.held is not None else "",
+        )
+    if args.uses_plain_trainer(ctx.device):
+        metrics = _run_plain_trainer(ctx, source, tokenizer, data)
+    else:
+        metrics = _run_trl(ctx, source, tokenizer, data)
+    metrics["rows"] = data.counts
+    if data.mix:
+        metrics["mix"] = data.mix
+    return metrics
 
 
-def _run_trl(ctx, source: str, tokenizer, examples, eval_examples) -> dict[str, Any]:
-    """TRL's SFTTrainer on pre-tokenized samples (batches padded to their longest sample)."""
-    from datasets import Dataset
+def _prepare(ctx, source: str, tokenizer):
+    """The stage's tokenized samples (data/sft_data.py), a setting that leaves nothing to learn named."""
+    from ..data.sft_data import NothingToLearn, prepare
+
+    args = ctx.args
+    own = None
+    if args.template != "tokenizer" and any(d.template == "tokenizer" for _, d in ctx.stage.all_datasets):
+        own = load_tokenizer(ctx.model, source, "tokenizer", args.default_system)
+    try:
+        return prepare(ctx, tokenizer, own)
+    except NothingToLearn as exc:
+        raise SettingError(str(exc)) from None
+
+
+def _unpacked(samples, keep_length: bool):
+    """Only the columns the collator reads (and the length that group_by_length sorts by)."""
+    if samples is None:
+        return None
+    columns = ["input_ids", "assistant_masks", *(["length"] if keep_length else [])]
+    return samples.select_columns(columns)
+
+
+def _run_trl(ctx, source: str, tokenizer, data) -> dict[str, Any]:
+    """TRL's SFTTrainer on the tokenized samples (batches padded to their longest sample by our collator: TRL's
+    own preparation would map over the whole set again to build labels the collator makes per batch)."""
+    from ..data.collate import MaskedCollator
 
     args = ctx.args
     trainer_cls, config_cls = ctx.device.trainer("sft")
     # training arguments first: with ZeRO-3 they make from_pretrained load the weights already sharded
-    config = training_config(ctx, config_cls, args.trl_config_extra())
+    config = training_config(ctx, config_cls, {**args.trl_config_extra(), **_stream_arguments(data)})
     model = load_model(ctx.model, source, args.precision)
     ready_to_train(ctx, model)
     trainer = trainer_cls(
         model=model,
         args=config,
-        train_dataset=Dataset.from_list(examples),
-        eval_dataset=Dataset.from_list(eval_examples) if eval_examples else None,
+        train_dataset=_unpacked(data.train, args.group_by_length),
+        eval_dataset=_unpacked(data.held, False),
         processing_class=tokenizer,
+        data_collator=MaskedCollator(tokenizer.pad_token_id, args.max_seq_length if args.pad_to_max else None),
         peft_config=build_peft_config(args.peft),
         **ctx.device.trainer_kwargs(args.device_args),
     )
@@ -225,83 +252,22 @@ def _run_trl(ctx, source: str, tokenizer, examples, eval_examples) -> dict[str, 
         return train_and_save(ctx, trainer, tokenizer)
 
 
-# Above these shares of a part's rows, cutting and dropping rows is worth a warning (a max_seq_length too short)
-WARN_TRUNCATED_SHARE = 0.10
-WARN_DROPPED_SHARE = 0.01
-
-
-def _tokenized(ctx, tokenizer, rows, part: str, counts: dict[str, dict[str, int]]) -> list[dict[str, list[int]]]:
-    """Tokenize rows, or read them from the tokenized-data cache; ``counts[part]`` receives how many rows were
-    truncated and dropped (logged, with a warning above WARN_*_SHARE)."""
-    from .. import ENGINE_FINGERPRINT_VERSION
-    from ..data.tokenize import tokenize_cached, tokenize_sft, tokenizer_identity
-    from ..plan import data_identity
-
-    args = ctx.args
-    key = {
-        "engine": ENGINE_FINGERPRINT_VERSION,
-        "part": part,
-        "dataset": data_identity(ctx.spec.datasets["dataset"]),
-        "rows": len(rows),
-        "tokenizer": tokenizer_identity(tokenizer),
-        "template": args.template,
-        "max_seq_length": args.max_seq_length,
-        "max_prompt_length": args.max_prompt_length,
-        "loss_on": args.loss_on,
-    }
-    root = Path(ctx.recipe.output_root).expanduser() / "cache" / "tokenized"
-    counted: dict[str, int] = {}
-    examples, hit = tokenize_cached(
-        root,
-        key,
-        lambda: tokenize_sft(
-            rows, tokenizer, args.template, args.max_seq_length, args.max_prompt_length, args.loss_on, counted
-        ),
-        counted,
-    )
-    if hit:
-        log.info("[%s] tokenized %s data read from the cache", ctx.name, part)
-    counts[part] = counted
-    truncated, dropped = counted.get("truncated", 0), counted.get("dropped", 0)
-    if truncated or dropped:
-        heavy = truncated > WARN_TRUNCATED_SHARE * len(rows) or dropped > WARN_DROPPED_SHARE * len(rows)
-        log.log(
-            logging.WARNING if heavy else logging.INFO,
-            "[%s] %s%d of %d %s rows cut to max_seq_length=%d%s, %d dropped (no answer token left to learn from)%s",
-            ctx.name,
-            "warning: " if heavy else "",
-            truncated,
-            len(rows),
-            part,
-            args.max_seq_length,
-            f" / max_prompt_length={args.max_prompt_length}" if args.max_prompt_length else "",
-            dropped,
-            f"; raise `{ctx.name}.max_seq_length` if that is more than you meant" if heavy else "",
-        )
-    if not examples:
-        raise SettingError(
-            f"`{ctx.name}.dataset`: no {part} sample has a token to learn from after truncation to "
-            f"max_seq_length={args.max_seq_length}; raise `{ctx.name}.max_seq_length`"
-        )
-    return examples
-
-
-def _run_plain_trainer(ctx, source: str, tokenizer, examples, eval_examples) -> dict[str, Any]:
-    from datasets import Dataset
-    from transformers import DataCollatorForSeq2Seq
-
+def _run_plain_trainer(ctx, source: str, tokenizer, data) -> dict[str, Any]:
+    from ..data.collate import MaskedCollator
     from ..data.packing import (
+        PackedBlocks,
         PackedCollator,
-        labels_of,
         non_pad_fraction,
-        pack,
+        packed_stream,
+        plan_blocks,
+        stream_of,
         supports_labelled_logits,
         use_packed_attention,
     )
 
     args = ctx.args
     trainer_cls, config_cls = ctx.device.trainer("trainer")
-    config = training_config(ctx, config_cls, args.plain_config_extra())
+    config = training_config(ctx, config_cls, {**args.plain_config_extra(), **_stream_arguments(data)})
     model = load_model(ctx.model, source, args.precision)
     ready_to_train(ctx, model)
     size = args.max_seq_length
@@ -311,11 +277,10 @@ def _run_plain_trainer(ctx, source: str, tokenizer, examples, eval_examples) -> 
         import inspect
 
         if "position_ids" not in inspect.signature(model.forward).parameters:
-            raise StageError(
+            raise SettingError(
                 f"`{ctx.name}.packing`: {type(model).__name__} takes no position_ids, so packed samples "
                 f"cannot be kept apart; set `{ctx.name}.packing=false`"
             )
-        train, held = pack(examples, size), pack(eval_examples, size) if eval_examples else None
         eager = getattr(model.config, "_attn_implementation", "sdpa") == "eager"
         # per-sample causal attention where the model runs on transformers' attention interface and the device
         # allows it; a block-diagonal mask otherwise
@@ -332,37 +297,37 @@ def _run_plain_trainer(ctx, source: str, tokenizer, examples, eval_examples) -> 
             dtype=torch.float32 if eager and not segments else None,
             labelled_logits=labelled,
         )
-        lengths = [len(e["input_ids"]) for e in examples]
-        micro = args.per_device_train_batch_size
         extra["packing"] = {
-            "samples": len(examples),
-            "blocks": len(train),
             "isolation": "per-sample causal attention" if segments else "block-diagonal mask",
             "logits": "labelled positions only" if labelled else "every position",
-            "non_pad_fraction_packed": round(non_pad_fraction([len(b["input_ids"]) for b in train], micro, pad_to), 4),
-            "non_pad_fraction_unpacked": round(non_pad_fraction(lengths, micro, pad_to), 4),
         }
-        log.info(
-            "[%s] packed %d samples into %d blocks of <= %d tokens: %.1f%% real tokens per batch (%.1f%% unpacked)",
-            ctx.name,
-            len(examples),
-            len(train),
-            size,
-            100 * extra["packing"]["non_pad_fraction_packed"],
-            100 * extra["packing"]["non_pad_fraction_unpacked"],
-        )
+        if data.streaming:
+            train = stream_of(lambda: packed_stream(data.train, size))
+            held = PackedBlocks(data.held, plan_blocks(data.held["length"], size)) if data.held is not None else None
+            extra["packing"]["blocks"] = "packed as the stream arrives (best fit within 2,000 samples)"
+        else:
+            lengths = data.lengths()
+            train = PackedBlocks(data.train, _packing_plan(ctx, data, lengths, size))
+            held = PackedBlocks(data.held, plan_blocks(data.held["length"], size)) if data.held is not None else None
+            micro = args.per_device_train_batch_size
+            extra["packing"].update(
+                samples=len(lengths),
+                blocks=len(train),
+                non_pad_fraction_packed=round(non_pad_fraction(train.lengths(lengths), micro, pad_to), 4),
+                non_pad_fraction_unpacked=round(non_pad_fraction(lengths.tolist(), micro, pad_to), 4),
+            )
+            log.info(
+                "[%s] packed %d samples into %d blocks of <= %d tokens: %.1f%% real tokens per batch (%.1f%% unpacked)",
+                ctx.name,
+                len(lengths),
+                len(train),
+                size,
+                100 * extra["packing"]["non_pad_fraction_packed"],
+                100 * extra["packing"]["non_pad_fraction_unpacked"],
+            )
     else:
-
-        def rows_of(exs):
-            return [
-                {"input_ids": e["input_ids"], "attention_mask": [1] * len(e["input_ids"]), "labels": labels_of(e)}
-                for e in exs
-            ]
-
-        train, held = rows_of(examples), rows_of(eval_examples) if eval_examples else None
-        collator = DataCollatorForSeq2Seq(
-            tokenizer, label_pad_token_id=-100, padding="max_length" if args.pad_to_max else True, max_length=pad_to
-        )
+        train, held = _unpacked(data.train, args.group_by_length), _unpacked(data.held, False)
+        collator = MaskedCollator(tokenizer.pad_token_id, pad_to)
     peft_config = build_peft_config(args.peft)
     if peft_config is not None:
         from peft import get_peft_model
@@ -371,8 +336,8 @@ def _run_plain_trainer(ctx, source: str, tokenizer, examples, eval_examples) -> 
     trainer = trainer_cls(
         model=model,
         args=config,
-        train_dataset=Dataset.from_list(train),
-        eval_dataset=Dataset.from_list(held) if held else None,
+        train_dataset=train,
+        eval_dataset=held,
         processing_class=tokenizer,
         data_collator=collator,
         **ctx.device.trainer_kwargs(args.device_args),
@@ -385,6 +350,22 @@ def _run_plain_trainer(ctx, source: str, tokenizer, examples, eval_examples) -> 
         metrics["packing"]["non_pad_fraction_seen"] = round(collator.fraction, 4)
         metrics["tokens_seen"] = int(metrics["tokens_seen"] * collator.fraction)
     return metrics
+
+
+def _stream_arguments(data) -> dict[str, Any]:
+    """A stream is read by every process itself: accelerate's default for iterable datasets reads it on the main
+    process and slices each batch's tensors along their first dimension, which would cut the packed collator's
+    flat `shift_labels`."""
+    return {"accelerator_config": {"dispatch_batches": False}} if data.streaming else {}
+
+
+def _packing_plan(ctx, data, lengths, size: int) -> list[list[int]]:
+    """The blocks of the training samples (plan_blocks), cached by what decides them (the samples' order and
+    lengths, the block size): a re-run packs nothing again."""
+    from ..data.packing import cached_plan
+
+    root = Path(ctx.recipe.output_root).expanduser() / "cache" / "packing"
+    return cached_plan(root, {"samples": data.key, "block_size": size}, lengths, size)
 
 
 def _run_seq2seq(ctx, source: str, tokenizer, rows, held_out) -> dict[str, Any]:

@@ -289,7 +289,7 @@ def train_and_save(ctx, trainer, tokenizer, summarize: tuple[str, ...] = ("loss"
             "train_loss": result.training_loss,
             "steps": trainer.state.global_step,
             "tokens_seen": int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0),
-            "samples": len(trainer.train_dataset),
+            "samples": len(trainer.train_dataset) if hasattr(trainer.train_dataset, "__len__") else None,  # (a stream)
             "resumed_from": resume,
             "train_runtime_s": round(train_runtime, 3),
             "first_step_s": getattr(trainer, "_ncr_first_step_s", None),

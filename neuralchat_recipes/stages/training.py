@@ -51,6 +51,7 @@ class ResolvedTraining(Resolved):
     default_system: str | None  # put in the saved chat template for conversations without a system message
     do_eval: bool
     eval_steps: int | None = Field(json_schema_extra=NF)
+    mix_stopping: str  # how a mixture of datasets ends (the stage's `mix`)
     zero_stage: int | None = Field(default=None, json_schema_extra=NF)  # (the deepspeed config says it too)
     deepspeed: dict[str, Any] | None
     report_to: list[str] = Field(json_schema_extra=NF)
@@ -267,6 +268,7 @@ def resolve_training(p: PlanContext, template: str, family: str | None = None) -
         default_system=default_system(p.recipe, p.name),
         do_eval=stage.do_eval,
         eval_steps=stage.eval_steps,
+        mix_stopping=stage.mix_stopping,
         zero_stage=zero,
         deepspeed=deepspeed,
         report_to=list(p.recipe.report_to),
@@ -296,11 +298,27 @@ class TrainingKind(StageKind):
     def produces(self, stage) -> str | None:
         return "model" if stage.peft.method == "none" else "adapter"
 
+    def use_of(self, stage) -> str:
+        """What the stage's rows are read as (DATA_USES)."""
+        return self.data_use
+
     def datasets(self, stage):
-        return [("dataset", stage.dataset, self.data_use)]
+        return [(key, dataset, self.use_of(stage)) for key, dataset in stage.all_datasets]
 
     def rules(self, recipe, name: str, stage) -> list[str]:
         problems = []
+        if self.name != "sft":  # only SFT tokenizes per dataset and reads streams; the others read lists of rows
+            for key, dataset in stage.all_datasets:
+                if dataset.template:
+                    problems.append(
+                        f"`{name}.{key}.template`: only an SFT stage renders each dataset with its own template; "
+                        f"set `{name}.template` instead"
+                    )
+                if dataset.streaming:
+                    problems.append(
+                        f"`{name}.{key}.streaming`: only an SFT stage streams its data; a {self.name} stage reads "
+                        f"its rows whole (set `{name}.{key}.streaming=false`, with `max_samples` to bound them)"
+                    )
         model = recipe.model
         if model.architecture == "seq2seq" and not self.supports_seq2seq:
             problems.append(

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from neuralchat_recipes.data.formats import DataError, convert_rows
-from neuralchat_recipes.data.loading import _read_local
+from neuralchat_recipes.data.loading import load_rows
 from neuralchat_recipes.data.templates import jinja_chat_template, prompt_text, segments
 
 SYS = "You are a helpful, respectful and honest assistant."
@@ -108,9 +108,9 @@ def test_bad_rows_are_named(fmt, use, rows, expected):
 
 def test_bad_json_line_is_named_by_row(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text('{"a": 1}\n{"a": \n')
+    path.write_text('{"instruction": "a", "input": "", "output": "b"}\n{"a": \n')
     with pytest.raises(DataError, match=r"d.jsonl, row 2: not valid JSON"):
-        _read_local(path)
+        load_rows(compose_dataset(path), "sft", tmp_path / "cache")
 
 
 def test_neural_chat_template_matches_recipe_facts():
@@ -211,13 +211,14 @@ def test_validation_split_is_carved_once_and_never_trained_on(tmp_path):
         "".join(json.dumps({"instruction": f"q{i}", "input": "", "output": f"a{i}"}) + "\n" for i in range(40))
     )
     ds = DatasetConfig(name="d", path=str(path), format="alpaca", validation_split_percentage=10)
-    train, held, _ = load_splits(ds, "sft")
+    cache = tmp_path / "cache"
+    train, held, _ = load_splits(ds, "sft", cache)
     assert len(train) == 36 and len(held) == 4
     assert not {r["messages"][-1]["content"] for r in train} & {r["messages"][-1]["content"] for r in held}
-    assert load_splits(ds, "sft")[1] == held
+    assert load_splits(ds, "sft", cache)[1] == held
     tiny = DatasetConfig(name="d", path=str(path), format="alpaca", validation_split_percentage=99)
     with pytest.raises(DataError, match="lower `validation_split_percentage`"):
-        load_splits(tiny, "sft")
+        load_splits(tiny, "sft", cache)
 
 
 @pytest.mark.parametrize("template", ["neural_chat", "chatml", "llama2"])
@@ -237,14 +238,12 @@ def test_saved_template_puts_the_training_default_system_before_conversations_wi
 
 
 def test_rows_are_numbered_by_their_line_when_a_jsonl_file_has_blank_lines(tmp_path):
-    from neuralchat_recipes.data.loading import load_rows
-
     path = tmp_path / "d.jsonl"
     good = '{"instruction": "a", "input": "", "output": "b"}'
     path.write_text(f'{good}\n\n{good}\n\n\n{good}\n{{"instruction": "a"}}\n')
     dataset = compose_dataset(path)
     with pytest.raises(DataError, match=r"d.jsonl, row 7: missing column 'output'"):
-        load_rows(dataset, "sft")
+        load_rows(dataset, "sft", tmp_path / "cache")
 
 
 def compose_dataset(path, fmt="alpaca"):
@@ -254,8 +253,6 @@ def compose_dataset(path, fmt="alpaca"):
 
 
 def test_invalid_utf8_names_the_file_line_and_byte_offset(tmp_path):
-    from neuralchat_recipes.data.loading import load_rows
-
     for suffix in (".jsonl", ".json", ".csv"):
         path = tmp_path / f"latin1{suffix}"
         good = '{"instruction": "a", "input": "", "output": "b"}'
@@ -266,20 +263,18 @@ def test_invalid_utf8_names_the_file_line_and_byte_offset(tmp_path):
         }[suffix]
         path.write_bytes(body)
         with pytest.raises(DataError) as info:
-            load_rows(compose_dataset(path), "sft")
+            load_rows(compose_dataset(path), "sft", tmp_path / "cache")
         offset = body.index(b"\xe9")
         assert f"{path.name}, line 2: not valid UTF-8" in str(info.value) or "line 3" in str(info.value)
         assert f"byte offset {offset}" in str(info.value)
 
 
 def test_empty_csv_cells_are_empty_strings_and_null_answers_say_so(tmp_path):
-    from neuralchat_recipes.data.loading import load_rows
-
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("system,question,chosen,rejected\n,What is 1+1?,2,3\nBe brief.,What is 2+2?,4,5\n")
-    rows, _ = load_rows(compose_dataset(pairs, "orca_dpo_pairs"), "preference")
-    assert rows[0]["prompt"] == [{"role": "user", "content": "What is 1+1?"}] and rows[0]["chosen"] == "2"
-    assert rows[1]["prompt"][0] == {"role": "system", "content": "Be brief."}
+    rows, _ = load_rows(compose_dataset(pairs, "orca_dpo_pairs"), "preference", tmp_path / "cache")
+    assert rows[0]["prompt"] == [{"role": "user", "content": "What is 1+1?", "train": True}]
+    assert rows[0]["chosen"] == "2" and rows[1]["prompt"][0]["content"] == "Be brief."
     with pytest.raises(DataError) as info:
         convert_rows([{"instruction": "a", "input": None, "output": None}], "alpaca", "sft", "f.jsonl")
     assert "f.jsonl, row 1: column 'output' is empty (null)" in str(info.value)

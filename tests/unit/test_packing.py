@@ -177,30 +177,32 @@ def test_packing_raises_the_non_pad_fraction_on_a_slimorca_like_length_tail():
 
 
 def test_tokenized_cache_key_covers_every_setting(tmp_path):
-    from neuralchat_recipes.data.tokenize import tokenize_cached
+    from datasets import Dataset
+
+    from neuralchat_recipes.data.tokenize import build_cached
 
     calls = []
 
     def build(tag):
-        def make():
+        def make(cache_file):
             calls.append(tag)
-            return [{"input_ids": [1, 2, 3], "assistant_masks": [0, 1, 1]}]
+            rows = Dataset.from_dict({"input_ids": [[1, 2, 3]], "assistant_masks": [[0, 1, 1]]})
+            return rows.map(lambda r: r, cache_file_name=cache_file), {"rows": 1, "truncated": 0, "dropped": 0}
 
         return make
 
     key = {"dataset": {"sha256": "abc"}, "tokenizer": "t1", "template": "alpaca", "max_seq_length": 512}
-    assert tokenize_cached(tmp_path, key, build("first")) == (
-        [{"input_ids": [1, 2, 3], "assistant_masks": [0, 1, 1]}],
-        False,
-    )
-    assert tokenize_cached(tmp_path, dict(key), build("again"))[1] is True
+    samples, counts, hit = build_cached(tmp_path, key, build("first"))
+    assert not hit and samples[0] == {"input_ids": [1, 2, 3], "assistant_masks": [0, 1, 1]} and counts["rows"] == 1
+    again, counts, hit = build_cached(tmp_path, dict(key), build("again"))
+    assert hit and again[0] == samples[0] and counts == {"rows": 1, "truncated": 0, "dropped": 0}
     for change in (
         {"template": "chatml"},
         {"tokenizer": "t2"},
         {"max_seq_length": 256},
         {"dataset": {"sha256": "abd"}},
     ):
-        assert tokenize_cached(tmp_path, {**key, **change}, build(str(change)))[1] is False
+        assert build_cached(tmp_path, {**key, **change}, build(str(change)))[2] is False
     assert len(calls) == 5 and "again" not in calls
     assert not list(tmp_path.glob(".*.tmp"))
 
