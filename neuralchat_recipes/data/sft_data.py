@@ -52,9 +52,13 @@ class SFTData:
 
     def lengths(self):
         """Each training sample's length, in dataset order (a numpy array)."""
-        import numpy as np
+        return column(self.train, "length")
 
-        return np.asarray(self.train["length"], dtype=np.int64)
+
+def column(samples, name: str):
+    """One column of a (memory-mapped, maybe index-mapped) dataset as a numpy array, read by Arrow: indexing the
+    dataset by name would format every row in Python (15 s for SlimOrca's lengths)."""
+    return samples.with_format("arrow")[name].to_numpy()
 
 
 def _convert_and_tokenize(batch, indices, dataset_json, tokenizer, template, settings, path, source):

@@ -264,6 +264,7 @@ def _run_plain_trainer(ctx, source: str, tokenizer, data) -> dict[str, Any]:
         supports_labelled_logits,
         use_packed_attention,
     )
+    from ..data.sft_data import column
 
     args = ctx.args
     trainer_cls, config_cls = ctx.device.trainer("trainer")
@@ -301,14 +302,17 @@ def _run_plain_trainer(ctx, source: str, tokenizer, data) -> dict[str, Any]:
             "isolation": "per-sample causal attention" if segments else "block-diagonal mask",
             "logits": "labelled positions only" if labelled else "every position",
         }
+        held = None
+        if data.held is not None and data.streaming:
+            held = stream_of(lambda: packed_stream(data.held, size))
+        elif data.held is not None:
+            held = PackedBlocks(data.held, plan_blocks(column(data.held, "length"), size))
         if data.streaming:
             train = stream_of(lambda: packed_stream(data.train, size))
-            held = PackedBlocks(data.held, plan_blocks(data.held["length"], size)) if data.held is not None else None
             extra["packing"]["blocks"] = "packed as the stream arrives (best fit within 2,000 samples)"
         else:
             lengths = data.lengths()
             train = PackedBlocks(data.train, _packing_plan(ctx, data, lengths, size))
-            held = PackedBlocks(data.held, plan_blocks(data.held["length"], size)) if data.held is not None else None
             micro = args.per_device_train_batch_size
             extra["packing"].update(
                 samples=len(lengths),
