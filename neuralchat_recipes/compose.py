@@ -28,7 +28,9 @@ def config_dir() -> Path:
 
 
 def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+    """The entries of a group, nested ones by their path (`itrex/finetune/xeon_mpt_7b`)."""
+    root = config_dir() / group
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
 
 
 def _override_points(overrides: list[str]) -> list[list[str]]:
@@ -132,8 +134,10 @@ def translate_hydra_error(exc: Exception, overrides: list[str]) -> ConfigError:
     full = f"{text}\n{cause}" if cause else text
     missing = re.search(r"Could not find '([^']+)'", full)
     if missing:
-        group, _, option = missing.group(1).rpartition("/")
-        group = group.split("/")[-1] if group else option
+        # 'recipe/itrex/finetune/xeon_mpt' (a nested entry) or 'hardware/gaudi2_8' (after a package: '.../dataset/x')
+        parts = missing.group(1).split("/")
+        at = next((i for i, p in enumerate(parts) if p in GROUPS), len(parts) - 2)
+        group, option = parts[at] if at >= 0 else parts[0], "/".join(parts[at + 1 :])
         if group in GROUPS:
             options = group_options(group)
             close = difflib.get_close_matches(option, options, n=1)

@@ -40,6 +40,7 @@ class StageSpec:
     datasets: dict[str, dict[str, Any]]  # by the stage's key (dataset, preference_dataset): settings, file, sha256
     args: Resolved  # the kind's resolved settings
     launch: dict[str, Any]
+    hardware: dict[str, Any] = field(default_factory=dict)  # the profile this stage runs on, and what it overrides
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -59,6 +60,7 @@ class StageSpec:
             "datasets": self.datasets,
             "peft": self.peft,
             "args": self.args.view(),
+            "hardware": self.hardware,
             "launch": self.launch,
             "notes": self.notes,
         }
@@ -177,21 +179,22 @@ def params_billion(model, facts: dict[str, Any] | None) -> float | None:
     return round(facts["parameters"] / 1e9, 4) if facts and facts.get("parameters") else None
 
 
-def _plan_stage(
-    recipe: RecipeConfig, name: str, by_name: dict[str, StageSpec], device, facts, params, root: Path
-) -> StageSpec:
+def _plan_stage(recipe: RecipeConfig, name: str, by_name: dict[str, StageSpec], facts, params, root: Path) -> StageSpec:
     stage = recipe.stages[name]
     kind = KINDS[stage.kind]
+    hw = recipe.hardware_for(name)
+    device = get_device(hw)
     inputs = graph.inputs(recipe, name, by_name)
     datasets = {key: _dataset_info(f"{name}.{key}", ds) for key, ds, _ in kind.datasets(stage)}
-    distributed = kind.distributed and recipe.hardware.world_size > 1
+    distributed = kind.runs_on_every_device(stage) and hw.world_size > 1
     p = PlanContext(
         recipe=recipe,
         name=name,
         stage=stage,
+        hardware=hw,
         device=device,
         precision=device.precision(params),
-        world=recipe.hardware.world_size if distributed else 1,
+        world=hw.world_size if distributed else 1,
         model_facts=facts,
         params_billion=params,
     )
@@ -224,14 +227,27 @@ def _plan_stage(
         },
         datasets=datasets,
         args=resolved,
-        launch=launch_spec(recipe.hardware, name, str(staging_dir / "recipe.json"), zero, distributed, env),
+        launch=launch_spec(
+            hw, name, str(staging_dir / "recipe.json"), bool(zero) or kind.runs_deepspeed(stage), distributed, env
+        ),
+        hardware=_hardware_view(hw, stage),
         notes=p.notes,
     )
 
 
+def _hardware_view(hw, stage) -> dict[str, Any]:
+    """What the plan shows of a stage's hardware: the profile, its size, and the keys the stage overrides."""
+    from .config.hardware import set_fields
+
+    view = {"name": hw.name, "device": hw.device, "world_size": hw.world_size, "precision": hw.precision}
+    overrides = set_fields(stage.hardware)
+    if overrides:
+        view["overrides"] = overrides
+    return view
+
+
 def build_plan(recipe: RecipeConfig) -> Plan:
     hw = recipe.hardware
-    device = get_device(hw)
     root = Path(recipe.output_root).expanduser().resolve()
     facts = _base_model_facts(recipe)
     params = params_billion(recipe.model, facts)
@@ -242,7 +258,7 @@ def build_plan(recipe: RecipeConfig) -> Plan:
         if upstream and upstream not in by_name:
             continue  # the upstream stage already failed; its problem is reported
         try:
-            by_name[name] = _plan_stage(recipe, name, by_name, device, facts, params, root)
+            by_name[name] = _plan_stage(recipe, name, by_name, facts, params, root)
         except PlanError as exc:
             problems += exc.problems
     if problems:

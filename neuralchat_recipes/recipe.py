@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from . import graph
 from .config.base import ConfigError, StrictModel, format_validation_error
-from .config.hardware import HardwareConfig
+from .config.hardware import HardwareConfig, apply_override
 from .config.model import ModelConfig
 from .stages import KINDS
 
@@ -91,6 +91,18 @@ class RecipeConfig(StrictModel):
             raise ValueError('mode=generate answers one message: give it as `prompt="..."`')
         return self
 
+    def hardware_for(self, name: str) -> HardwareConfig:
+        """The hardware a stage runs on: the recipe's profile with the stage's `hardware` overrides applied."""
+        stage = self.stages.get(name)
+        return apply_override(self.hardware, stage.hardware if stage is not None else None)
+
+    @model_validator(mode="after")
+    def _stage_hardware(self) -> RecipeConfig:
+        problems = [p for name, stage in self.stages.items() for p in _hardware_problems(self.hardware, name, stage)]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
     @model_validator(mode="after")
     def _cross_field(self) -> RecipeConfig:
         problems = graph.rules(self)
@@ -100,6 +112,16 @@ class RecipeConfig(StrictModel):
 
 
 _TOP_LEVEL = set(RecipeConfig.model_fields) - {"stages"}
+
+
+def _hardware_problems(profile: HardwareConfig, name: str, stage) -> list[str]:
+    """Why a stage's hardware overrides do not make a valid profile, each naming `<stage>.hardware.<key>`."""
+    try:
+        apply_override(profile, stage.hardware)
+    except ValidationError as exc:
+        lines = format_validation_error(exc, HardwareConfig, lambda path: [f"{name}.hardware", *path]).problems
+        return [line if line.startswith("`") else f"`{name}.hardware`: {line}" for line in lines]
+    return []
 
 
 def build_recipe(raw: dict[str, Any]) -> RecipeConfig:

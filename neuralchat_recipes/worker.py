@@ -165,7 +165,8 @@ def run(recipe_path: Path, stage_name: str, rank: int) -> None:
     recipe = build_recipe(json.loads(recipe_path.read_text()))
     spec = build_plan(recipe).stage(stage_name)
     staging = Path(spec.staging_dir)
-    ctx = StageContext(recipe, spec, get_device(recipe.hardware), staging / "checkpoints", staging / "final")
+    device = get_device(recipe.hardware_for(stage_name))
+    ctx = StageContext(recipe, spec, device, staging / "checkpoints", staging / "final")
     metrics = run_stage_kind(ctx)
     if rank == 0:
         write_json(staging / "result.json", metrics)

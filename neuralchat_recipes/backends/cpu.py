@@ -71,7 +71,8 @@ def retained_freed_memory() -> Iterator[bool]:
 class CpuDevice(Device):
     name = "cpu"
     # TRL's compact LM head path is safe here: shapes change from batch to batch on a CPU anyway
-    capabilities = frozenset(CAPABILITIES) - {"bitsandbytes"}
+    # (DeepSpeed 0.19's tensor-parallel inference segfaults on this CPU path: generation runs in one process)
+    capabilities = frozenset(CAPABILITIES) - {"bitsandbytes", "tensor_parallel_generation"}
 
     def precision(self, params_billion: float | None = None) -> str:
         """auto: bf16 where the CPU has it natively (AMX / AVX512-BF16) and the model is big enough for its

@@ -30,6 +30,7 @@ CAPABILITIES = {
     "optimum-habana's GaudiDPOConfig takes one loss_type)",
     "bitsandbytes": "paged and 8-bit optimizers (bitsandbytes)",
     "retained_freed_memory": "glibc's malloc may keep freed memory for the next step (hardware.retain_freed_memory)",
+    "tensor_parallel_generation": "a generate stage shards its model over several devices (DeepSpeed inference)",
 }
 
 
@@ -142,6 +143,21 @@ class Device:
 
     def torch_device(self) -> str:
         return self.name
+
+    def tensor_parallel(self, model, devices: int, precision: str, use_graphs: bool):  # pragma: no cover - accelerators
+        """The model sharded over ``devices`` with DeepSpeed inference (AutoTP), for generation on every rank."""
+        import deepspeed
+        import torch
+
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+        engine = deepspeed.init_inference(
+            model, tensor_parallel={"tp_size": devices}, dtype=dtype, enable_cuda_graph=use_graphs
+        )
+        return engine.module
+
+    def capture_graphs(self, model):
+        """The model with its decoding steps captured as device graphs (Gaudi's HPU graphs); as is elsewhere."""
+        return model
 
     def device_problems(self) -> list[str]:
         """What this machine lacks to run the profile's device (checked before any stage starts)."""

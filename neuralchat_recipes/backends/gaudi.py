@@ -15,8 +15,9 @@ from .device import BITSANDBYTES_OPTIMS, Device, DeviceArgs
 class GaudiDevice(Device):
     name = "hpu"
     # optimum-habana swaps in its own modules and kernels, which take masks and want static shapes: none of
-    # our memory and speed savers apply, and DPO's reference runs inside training as optimum-habana does it
-    capabilities = frozenset()
+    # our memory and speed savers apply, and DPO's reference runs inside training as optimum-habana does it;
+    # generation may shard the model with DeepSpeed inference, as optimum-habana's run_generation.py does
+    capabilities = frozenset({"tensor_parallel_generation"})
 
     def resolve_optim(self, optim: str, notes: list[str]) -> str:
         if optim in BITSANDBYTES_OPTIMS and self.hw.gaudi.use_fused_adam:
@@ -62,6 +63,11 @@ class GaudiDevice(Device):
         "dpo": ("optimum.habana.trl", "GaudiDPOTrainer", "GaudiDPOConfig"),
         "grpo": ("optimum.habana.trl", "GaudiGRPOTrainer", "GaudiGRPOConfig"),
     }
+
+    def capture_graphs(self, model):  # pragma: no cover - needs Habana's stack
+        from habana_frameworks.torch.hpu import wrap_in_hpu_graph
+
+        return wrap_in_hpu_graph(model)
 
     def trainer_kwargs(self, device_args: DeviceArgs) -> dict[str, Any]:  # pragma: no cover - needs Habana's stack
         from optimum.habana import GaudiConfig

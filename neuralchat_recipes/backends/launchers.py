@@ -25,7 +25,8 @@ class Launcher:
     def __init__(self, hardware):
         self.hw = hardware
 
-    def command(self, worker_args: list[str], world: int, zero_stage: int | None, env: dict[str, str]) -> list[str]:
+    def command(self, worker_args: list[str], world: int, deepspeed: bool, env: dict[str, str]) -> list[str]:
+        """The command line; ``deepspeed``: the stage runs DeepSpeed (ZeRO training, or inference)."""
         raise NotImplementedError
 
 
@@ -34,7 +35,7 @@ class InProcess(Launcher):
 
     name = "inprocess"
 
-    def command(self, worker_args, world, zero_stage, env):
+    def command(self, worker_args, world, deepspeed, env):
         return ["python", "-m", WORKER_MODULE, *worker_args]
 
 
@@ -43,7 +44,7 @@ class Torchrun(Launcher):
     program = "torchrun"
     install_hint = "it comes with torch; activate the environment that has it"
 
-    def command(self, worker_args, world, zero_stage, env):
+    def command(self, worker_args, world, deepspeed, env):
         hw = self.hw
         command = [
             "torchrun",
@@ -64,17 +65,13 @@ class DeepSpeedLauncher(Launcher):
     program = "deepspeed"
     install_hint = "pip install 'neuralchat-recipes[deepspeed]'"
 
-    def command(self, worker_args, world, zero_stage, env):
+    def command(self, worker_args, world, deepspeed, env):
         hw = self.hw
-        command = [
-            "deepspeed",
-            "--num_nodes",
-            str(hw.num_nodes),
-            "--num_gpus",
-            str(hw.devices_per_node),
-            "--master_port",
-            str(hw.master_port),
-        ]
+        if hw.include:  # the devices by name, as `deepspeed --include localhost:0,1,...` (neural-chat-v3-1's SFT)
+            command = ["deepspeed", "--include", hw.include, "--master_port", str(hw.master_port)]
+        else:
+            command = ["deepspeed", "--num_nodes", str(hw.num_nodes), "--num_gpus", str(hw.devices_per_node)]
+            command += ["--master_port", str(hw.master_port)]
         if hw.hostfile:
             command += ["--hostfile", hw.hostfile]
         return command + ["--module", WORKER_MODULE, *worker_args]
@@ -85,7 +82,7 @@ class Mpirun(Launcher):
     program = "mpirun"
     install_hint = "install Intel MPI / oneCCL (see ITREX's multi-node guide)"
 
-    def command(self, worker_args, world, zero_stage, env):
+    def command(self, worker_args, world, deepspeed, env):
         hw = self.hw
         command = ["mpirun", "-f", hw.hostfile or "hostfile", "-n", str(world), "-ppn", str(hw.devices_per_node)]
         # as ITREX's command: OMP_NUM_THREADS per rank with -genv; CCL_WORKER_COUNT and MASTER_ADDR are
@@ -98,9 +95,9 @@ class Mpirun(Launcher):
 class GaudiSpawn(Launcher):
     name = "gaudi_spawn"
 
-    def command(self, worker_args, world, zero_stage, env):
+    def command(self, worker_args, world, deepspeed, env):
         spawn = self.hw.gaudi.spawn  # gaudi_spawn implies device hpu, which requires the gaudi block
-        mode = "--use_deepspeed" if spawn == "deepspeed" or (spawn == "auto" and zero_stage) else "--use_mpi"
+        mode = "--use_deepspeed" if spawn == "deepspeed" or (spawn == "auto" and deepspeed) else "--use_mpi"
         command = ["python", "-m", "neuralchat_recipes.backends.gaudi_spawn", "--world_size", str(world), mode]
         if self.hw.hostfile:
             command += ["--hostfile", self.hw.hostfile]
@@ -112,21 +109,22 @@ LAUNCHERS: dict[str, type[Launcher]] = {
 }
 
 
-def launcher_for(hardware, zero_stage: int | None, distributed: bool) -> Launcher:
-    """The launcher a stage runs under: in-process on one device; DeepSpeed's own launcher for ZeRO under torchrun."""
+def launcher_for(hardware, deepspeed: bool, distributed: bool) -> Launcher:
+    """The launcher a stage runs under: in-process on one device; DeepSpeed's own launcher (instead of torchrun)
+    for a stage that runs DeepSpeed."""
     if not distributed:
         return InProcess(hardware)
-    name = "deepspeed" if hardware.launcher == "torchrun" and zero_stage else hardware.launcher
+    name = "deepspeed" if hardware.launcher == "torchrun" and deepspeed else hardware.launcher
     return LAUNCHERS[name](hardware)
 
 
 def launch_spec(
-    hardware, stage_name: str, recipe_json: str, zero_stage: int | None, distributed: bool, env: dict[str, str]
+    hardware, stage_name: str, recipe_json: str, deepspeed: bool, distributed: bool, env: dict[str, str]
 ) -> dict:
     """The plan's `launch` block: launcher, world size, command and environment."""
-    launcher = launcher_for(hardware, zero_stage, distributed)
+    launcher = launcher_for(hardware, deepspeed, distributed)
     world = hardware.world_size if distributed else 1
-    command = launcher.command(["--recipe", recipe_json, "--stage", stage_name], world, zero_stage, env)
+    command = launcher.command(["--recipe", recipe_json, "--stage", stage_name], world, deepspeed, env)
     return {"launcher": launcher.name, "world_size": world, "command": command, "env": env}
 
 

@@ -59,6 +59,11 @@ class HardwareConfig(StrictModel):
     hostfile: str | None = Field(default=None, description="File with one node address per line (mpirun -f).")
     master_addr: str | None = Field(default=None, description="Address of rank 0 for multi-node runs.")
     master_port: int = Field(default=29501, ge=1, le=65535, description="Rendezvous port.")
+    include: str | None = Field(
+        default=None,
+        description="deepspeed launcher: the devices to use, as its --include (`localhost:0,1,2,3,4,5,6,7`, as "
+        "neural-chat-v3-1's SFT was started), instead of --num_nodes / --num_gpus.",
+    )
     omp_num_threads: int | None = Field(default=None, ge=1, description="OMP_NUM_THREADS per process.")
     ccl_worker_count: int | None = Field(default=None, ge=1, description="oneCCL worker threads per process.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for launched stages.")
@@ -89,8 +94,76 @@ class HardwareConfig(StrictModel):
             raise ValueError("the gaudi_spawn launcher only starts HPU processes")
         if self.device == "hpu" and self.gaudi is None:
             raise ValueError("an hpu profile needs a `gaudi` block (lazy mode, fused ops, autocast)")
+        if self.include is not None:
+            if self.launcher != "deepspeed":
+                raise ValueError(
+                    f"`include` is the deepspeed launcher's; set `launcher: deepspeed` (not {self.launcher})"
+                )
+            hosts = [part for part in self.include.split("@") if part]
+            devices = sum(len([d for d in h.partition(":")[2].split(",") if d.strip()]) for h in hosts)
+            if len(hosts) != self.num_nodes or devices != self.world_size:
+                raise ValueError(
+                    f"`include` = {self.include!r} names {devices} device(s) on {len(hosts)} node(s); the profile has "
+                    f"{self.devices_per_node} per node on {self.num_nodes}: make them agree (e.g. devices_per_node="
+                    f"{devices // max(len(hosts), 1)})"
+                )
         if self.num_nodes > 1 and self.launcher == "mpirun" and not self.hostfile:
             raise ValueError(
                 f"{self.num_nodes} nodes under mpirun need a hostfile: set `hardware.hostfile=/path/to/nodefile`"
             )
         return self
+
+
+def _partial(model: type[StrictModel], name: str, doc: str, nested: dict[str, type] | None = None) -> type[StrictModel]:
+    """A model with every field of ``model`` optional and unset (None), its descriptions kept: what a stage may
+    override of the recipe's profile. Written from the model, so the override never drifts from the profile."""
+    from pydantic import create_model
+
+    fields = {}
+    for key, info in model.model_fields.items():
+        if key in (nested or {}):  # a nested override is always there, so `dpo.hardware.gaudi.spawn=mpi` works
+            fields[key] = (nested[key], Field(default_factory=nested[key], description=info.description))
+        else:
+            fields[key] = (info.annotation | None, Field(default=None, description=info.description))
+    partial = create_model(name, __base__=StrictModel, __doc__=doc, **fields)
+    return partial
+
+
+GaudiOverride = _partial(GaudiSettings, "GaudiOverride", "Gaudi settings a stage overrides (null: the profile's).")
+HardwareOverride = _partial(
+    HardwareConfig,
+    "HardwareOverride",
+    "What a stage changes of the recipe's hardware profile (null: the profile's): its devices, launcher, spawn "
+    "mode, precision ... or, picked as a whole entry (`hardware@dpo.hardware=gaudi2_1x`), another profile.",
+    nested={"gaudi": GaudiOverride},
+)
+
+
+def set_fields(override: StrictModel | None) -> dict:
+    """The fields an override sets, nested ones (gaudi) included, as a dict."""
+    if override is None:
+        return {}
+    out = {}
+    for key, value in override:
+        if isinstance(value, StrictModel):
+            value = set_fields(value)
+            if not value:
+                continue
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def apply_override(profile: HardwareConfig, override: StrictModel | None) -> HardwareConfig:
+    """The profile with a stage's overrides applied (nested gaudi settings merged field by field). Raises
+    pydantic's ValidationError when the result is not a valid profile."""
+    changes = set_fields(override)
+    if not changes:
+        return profile
+    merged = profile.model_dump()
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return HardwareConfig.model_validate(merged)

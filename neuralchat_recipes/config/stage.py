@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 from .base import NOT_FINGERPRINTED, StrictModel
 from .dataset import DatasetConfig, Template
 from .deepspeed import DeepSpeedConfig
+from .hardware import HardwareOverride
 from .peft import FullConfig, PeftConfig
 
 __all__ = ["MaxSteps", "Epochs", "StageBase", "Task", "Template", "TrainStageBase", "VIRTUAL_TOKEN_METHODS"]
@@ -42,6 +43,12 @@ class StageBase(StrictModel):
         default=None,
         description="Stage whose artifact this stage consumes; null = the previous stage in the pipeline "
         "(the base model for the first). `base` forces the recipe's base model.",
+    )
+    hardware: HardwareOverride = Field(
+        default_factory=HardwareOverride,
+        description="This stage's changes to the recipe's hardware profile (null keys: the profile's), e.g. "
+        "`dpo.hardware.devices_per_node=1 dpo.hardware.launcher=inprocess` (neural-chat-v3-1 ran DPO as one "
+        "process), or another whole profile: `+hardware@dpo.hardware=gaudi2_1x`.",
     )
 
 
@@ -103,6 +110,27 @@ class TrainStageBase(StageBase):
     )
     save_total_limit: int | None = Field(
         default=2, ge=1, description="Keep at most N checkpoints.", json_schema_extra=NOT_FINGERPRINTED
+    )
+    save_strategy: Literal["steps", "epoch"] = Field(
+        default="steps",
+        description="Checkpoint every `save_steps` steps, or at the end of every epoch (ITREX --save_strategy epoch).",
+        json_schema_extra=NOT_FINGERPRINTED,
+    )
+    run_name: str | None = Field(
+        default=None,
+        description="The run's name in the trackers of `report_to` (transformers' run_name); null: the stage name.",
+        json_schema_extra=NOT_FINGERPRINTED,
+    )
+    per_device_eval_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Held-out evaluation batch per device (do_eval); null: the training micro batch.",
+        json_schema_extra=NOT_FINGERPRINTED,
+    )
+    remove_unused_columns: bool = Field(
+        default=False,
+        description="Let the trainer drop dataset columns its model does not take (transformers' "
+        "remove_unused_columns). The seeds pass False; SFT's collators need every column, so it must stay false there.",
     )
     logging_steps: int = Field(default=10, ge=1, description="Log every N steps.", json_schema_extra=NOT_FINGERPRINTED)
     do_eval: bool = Field(

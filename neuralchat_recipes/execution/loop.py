@@ -105,7 +105,11 @@ def preflight(recipe: RecipeConfig, plan: Plan) -> None:
 
     check_writable(Path(plan.output_root))
     pending = [spec for spec in plan.stages if not is_cached(spec)]
-    problems = runtime_problems(recipe.hardware, {s.launch["launcher"] for s in pending}) if pending else []
+    problems: list[str] = []
+    for spec in pending:  # each stage on its own hardware (the recipe's profile, or the stage's overrides)
+        for problem in runtime_problems(recipe.hardware_for(spec.name), {spec.launch["launcher"]}):
+            if problem not in problems:
+                problems.append(problem)
     if any(_loads_base(spec) for spec in pending):
         problems += _offline_model_problems(recipe)
     for spec in pending:
@@ -161,7 +165,7 @@ def _execute(recipe: RecipeConfig, spec: StageSpec, staging: Path) -> dict[str, 
 
     quiet_libraries()
     if spec.launch["launcher"] == "inprocess":
-        device = get_device(recipe.hardware)
+        device = get_device(recipe.hardware_for(spec.name))
         return run_stage_kind(StageContext(recipe, spec, device, staging / "checkpoints", staging / "final"))
     return launch_stage(spec, staging)
 
@@ -242,7 +246,7 @@ def run_stage(recipe: RecipeConfig, spec: StageSpec) -> tuple[dict[str, Any], st
                 "config": {
                     "stage": recipe.stages[spec.name].model_dump(mode="json"),
                     "model": recipe.model.model_dump(mode="json"),
-                    "hardware": recipe.hardware.name,
+                    "hardware": spec.hardware.get("name", recipe.hardware.name),
                     "precision": spec.args.precision,
                 },
                 "args": spec.args.view(),

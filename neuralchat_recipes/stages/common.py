@@ -225,6 +225,7 @@ def generate_texts(
     sample: dict[str, Any] | None = None,
     num_return_sequences: int = 1,
     what: str = "generating",
+    use_cache: bool = True,
 ) -> list[list[Completion]]:
     """Batched generation (left padding, KV cache, prompts of similar length together): for each prompt, its
     completions. Generation stops at EOS or at the token the chat template ends a turn with."""
@@ -247,7 +248,7 @@ def generate_texts(
             out = model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
-                use_cache=True,
+                use_cache=use_cache,
                 num_return_sequences=num_return_sequences,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=stops or None,

@@ -157,7 +157,7 @@ class DPOKind(TrainingKind):
     supports_seq2seq = False
 
     def resolve(self, p: PlanContext) -> ResolvedDPO:
-        stage, hw = p.stage, p.recipe.hardware
+        stage, hw = p.stage, p.hardware
         common = resolve_training(p, stage.template)
         if (isinstance(stage.loss_type, list) or stage.loss_weights is not None) and not p.device.can(
             "combined_dpo_losses"

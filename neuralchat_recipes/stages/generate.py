@@ -54,6 +54,19 @@ class GenerateStage(StageBase):
     top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     batch_size: int = Field(default=1, ge=1, description="Prompts per forward pass.")
     seed: int = Field(default=42, description="Sampling seed.")
+    use_kv_cache: bool = Field(default=True, description="Keep past keys and values between decoding steps.")
+    use_hpu_graphs: bool | None = Field(
+        default=None,
+        description="Gaudi: run decoding steps as captured HPU graphs (optimum-habana's --use_hpu_graphs); null: on "
+        "for hpu devices, off elsewhere.",
+        json_schema_extra=NOT_FINGERPRINTED,
+    )
+    deepspeed_inference: bool = Field(
+        default=False,
+        description="Shard the model over the stage's devices with DeepSpeed inference (tensor parallel) and "
+        "generate on all of them, as optimum-habana's run_generation.py under `gaudi_spawn --use_deepspeed` (a "
+        "70B model on 8 cards). Needs a multi-device profile for the stage (e.g. `generate.hardware`); not on CPUs.",
+    )
 
     @model_validator(mode="after")
     def _has_prompts(self) -> GenerateStage:
@@ -74,12 +87,32 @@ class ResolvedGenerate(Resolved):
     top_p: float
     batch_size: int = Field(json_schema_extra=NOT_FINGERPRINTED)
     seed: int
+    use_kv_cache: bool = Field(json_schema_extra=NOT_FINGERPRINTED)  # (the same tokens either way)
+    use_hpu_graphs: bool = Field(json_schema_extra=NOT_FINGERPRINTED)
+    deepspeed_inference: bool = Field(json_schema_extra=NOT_FINGERPRINTED)
+    tensor_parallel: int = Field(json_schema_extra=NOT_FINGERPRINTED)  # devices the model is sharded over
 
 
 class GenerateKind(StageKind):
     name = "generate"
     config = GenerateStage
     accepts = frozenset({"model", "adapter"})  # an adapter generates on its base
+
+    def runs_on_every_device(self, stage) -> bool:
+        return stage.deepspeed_inference
+
+    def runs_deepspeed(self, stage) -> bool:
+        return stage.deepspeed_inference
+
+    def rules(self, recipe, name: str, stage) -> list[str]:
+        hardware = recipe.hardware_for(name)
+        if stage.deepspeed_inference and hardware.world_size < 2:
+            return [
+                f"`{name}.deepspeed_inference`: shards the model over several devices, but the stage runs on "
+                f"{hardware.world_size} ({hardware.name!r}); give it more (e.g. `hardware@{name}.hardware=gaudi2_8x`) "
+                "or turn it off"
+            ]
+        return []
 
     def resolve(self, p: PlanContext) -> ResolvedGenerate:
         from ..plan import file_sha256
@@ -88,6 +121,15 @@ class GenerateKind(StageKind):
         path = resolve_data_path(stage.prompts_file) if stage.prompts_file else None
         if path is not None and not path.is_file():
             raise PlanError([f"`{p.name}.prompts_file` = {stage.prompts_file!r}: file not found (looked at {path})"])
+        tensor_parallel = p.world if stage.deepspeed_inference else 1
+        if tensor_parallel > 1 and not p.device.can("tensor_parallel_generation"):
+            raise PlanError(
+                [
+                    f"`{p.name}.deepspeed_inference`: DeepSpeed's tensor-parallel inference does not run on "
+                    f"{p.hardware.device} devices here (its CPU path crashes); generate on one process "
+                    f"(`{p.name}.deepspeed_inference=false`)"
+                ]
+            )
         return ResolvedGenerate(
             precision=p.precision,
             prompts=stage.prompts,
@@ -101,6 +143,10 @@ class GenerateKind(StageKind):
             top_p=stage.top_p,
             batch_size=stage.batch_size,
             seed=stage.seed,
+            use_kv_cache=stage.use_kv_cache,
+            use_hpu_graphs=p.hardware.device == "hpu" if stage.use_hpu_graphs is None else stage.use_hpu_graphs,
+            deepspeed_inference=stage.deepspeed_inference,
+            tensor_parallel=tensor_parallel,
         )
 
     def run(self, ctx) -> dict[str, Any]:
@@ -110,17 +156,24 @@ class GenerateKind(StageKind):
         source = model_source(ctx.inputs[0])
         tokenizer = load_tokenizer(ctx.model, source, args.template)
         model = load_input_model(ctx.model, ctx.inputs[0], args.precision).eval()
+        if args.tensor_parallel > 1:  # every rank holds a shard and generates the same tokens
+            model = ctx.device.tensor_parallel(model, args.tensor_parallel, args.precision, args.use_hpu_graphs)
+        elif args.use_hpu_graphs:
+            model = ctx.device.capture_graphs(model)
         torch.manual_seed(args.seed)
         prompts = list(args.prompts) + (read_prompts(args.prompts_file) if args.prompts_file else [])
         system = [{"role": "system", "content": args.system}] if args.system else []
         texts = [render_prompt(tokenizer, args.template, [*system, {"role": "user", "content": p}]) for p in prompts]
         sample = {"temperature": args.temperature, "top_p": args.top_p} if args.do_sample else None
-        outputs = generate_texts(model, tokenizer, texts, args.max_new_tokens, args.batch_size, sample)
+        outputs = generate_texts(
+            model, tokenizer, texts, args.max_new_tokens, args.batch_size, sample, use_cache=args.use_kv_cache
+        )
         rows = [
             scrub({"prompt": prompt, "completion": completion.text.strip(), "stopped": completion.stopped})
             for prompt, (completion,) in zip(prompts, outputs)
         ]
-        (ctx.final / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        if _rank() == 0:
+            (ctx.final / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         for prompt, (completion,) in zip(prompts, outputs):
             log.info(
                 "[%s] %r -> %r%s",
@@ -133,6 +186,12 @@ class GenerateKind(StageKind):
 
 
 KIND = GenerateKind()
+
+
+def _rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", "0"))
 
 
 def read_prompts(path: str) -> list[str]:

@@ -57,6 +57,7 @@ class PlanContext:
     recipe: RecipeConfig
     name: str
     stage: Any  # the kind's config model
+    hardware: Any  # config.hardware.HardwareConfig: the recipe's profile with the stage's overrides
     device: Device
     precision: str
     world: int  # devices this stage runs on
@@ -74,6 +75,14 @@ class StageKind:
     accepts: ClassVar[frozenset[str]] = frozenset({"model"})
     # runs on every device of a multi-device profile (training); others run once, in the runner's process
     distributed: ClassVar[bool] = False
+
+    def runs_on_every_device(self, stage) -> bool:
+        """Whether this stage runs on every device of its hardware (under its launcher), or once, in-process."""
+        return self.distributed
+
+    def runs_deepspeed(self, stage) -> bool:
+        """Whether the stage runs DeepSpeed without ZeRO settings (inference): launchers start it as DeepSpeed's."""
+        return False
 
     def produces(self, stage) -> str | None:
         """What the artifact is: "model" (loadable on its own), "adapter" (needs its base), or None."""

@@ -22,10 +22,17 @@ class MergeStage(StageBase):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         default="auto", description="dtype of the saved model; auto keeps the base model's dtype."
     )
+    onto: Literal["trained_base", "model"] = Field(
+        default="trained_base",
+        description="The weights the adapter is added to: `trained_base`, the model it was trained on (right); "
+        "`model`, the recipe's base model, which differs when the adapter was trained on a merged SFT model "
+        "(optimum-habana's StackLlama-2 merges its DPO adapter onto Llama-2-70b-hf this way).",
+    )
 
 
 class ResolvedMerge(Resolved):
     dtype: str
+    onto: str
 
 
 class MergeKind(StageKind):
@@ -54,8 +61,22 @@ class MergeKind(StageKind):
             ]
         return []
 
+    def extra_inputs(self, recipe, name, stage, upstream, by_name):
+        from ..graph import base_input
+
+        return [base_input(recipe)] if stage.onto == "model" else []
+
     def resolve(self, p: PlanContext) -> ResolvedMerge:
-        return ResolvedMerge(precision=p.precision, dtype=p.stage.dtype)
+        from ..graph import upstream_of
+
+        upstream = upstream_of(p.recipe, p.name)
+        trained_on = upstream_of(p.recipe, upstream) if upstream else None
+        if p.stage.onto == "model" and trained_on is not None:
+            p.notes.append(
+                f"the {upstream!r} adapter was trained on {trained_on!r}, and is merged onto the recipe's base model "
+                "instead (`onto: model`): the weights it learned on top of the SFT model land on the raw model"
+            )
+        return ResolvedMerge(precision=p.precision, dtype=p.stage.dtype, onto=p.stage.onto)
 
     def run(self, ctx) -> dict[str, Any]:
         import torch
@@ -63,7 +84,7 @@ class MergeKind(StageKind):
         from transformers import AutoTokenizer
 
         adapter_dir = ctx.inputs[0].output_dir
-        base = model_source(ctx.inputs[0].adapter_base)
+        base = model_source(ctx.inputs[1] if ctx.args.onto == "model" else ctx.inputs[0].adapter_base)
         dtype = "auto" if ctx.args.dtype == "auto" else getattr(torch, ctx.args.dtype)
         log.info(
             "[%s] merging adapter %s with its base %s into a new model (the base is not modified)",

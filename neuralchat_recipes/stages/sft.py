@@ -103,6 +103,15 @@ class SFTStage(TrainStageBase):
         return TASK_DEFAULT_EVAL[self.task]
 
     @model_validator(mode="after")
+    def _keeps_its_columns(self) -> SFTStage:
+        if self.remove_unused_columns:
+            raise ValueError(
+                "`remove_unused_columns=true` would drop the assistant masks and packing positions the SFT collators "
+                "read; leave it false (the seeds' --remove_unused_columns=False)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _packing_fits_the_adapter(self) -> SFTStage:
         if self.packing and self.peft.method in VIRTUAL_TOKEN_METHODS:
             raise ValueError(
@@ -154,7 +163,7 @@ class SFTKind(TrainingKind):
     config = SFTStage
 
     def resolve(self, p: PlanContext) -> ResolvedSFT:
-        stage, hw = p.stage, p.recipe.hardware
+        stage, hw = p.stage, p.hardware
         return ResolvedSFT(
             **resolve_training(p, stage.resolved_template),
             task=stage.task,

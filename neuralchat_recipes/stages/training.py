@@ -46,7 +46,13 @@ class ResolvedTraining(Resolved):
     seed: int
     save_steps: int = Field(json_schema_extra=NF)
     save_total_limit: int | None = Field(json_schema_extra=NF)
+    save_strategy: str = Field(json_schema_extra=NF)
     logging_steps: int = Field(json_schema_extra=NF)
+    run_name: str = Field(json_schema_extra=NF)
+    per_device_eval_batch_size: int = Field(json_schema_extra=NF)
+    eval_strategy: str = Field(json_schema_extra=NF)  # when held-out loss is computed: no (at the end only) | steps
+    remove_unused_columns: bool
+    lr_schedule: str = Field(json_schema_extra=NF)  # the schedule that runs: the trainer's, or DeepSpeed's scheduler
     template: str
     default_system: str | None  # put in the saved chat template for conversations without a system message
     do_eval: bool
@@ -100,15 +106,18 @@ class ResolvedTraining(Resolved):
             gradient_checkpointing=self.gradient_checkpointing,
             seed=self.seed,
             data_seed=self.seed,
-            save_strategy="steps",
+            save_strategy=self.save_strategy,
             save_steps=self.save_steps,
             save_total_limit=self.save_total_limit,
             logging_steps=self.logging_steps,
             logging_first_step=True,
+            run_name=self.run_name,
+            eval_strategy=self.eval_strategy,
+            per_device_eval_batch_size=self.per_device_eval_batch_size,
             disable_tqdm=True,  # progress comes from our callback: one line per logging step
             report_to=list(self.report_to),  # the run's report.md is written regardless
             dataloader_num_workers=0,
-            remove_unused_columns=False,
+            remove_unused_columns=self.remove_unused_columns,
             **self.eval_arguments(),
             **warm,
             **device.runtime_training_kwargs(self.device_args),
@@ -126,10 +135,8 @@ class ResolvedTraining(Resolved):
         if not self.do_eval:
             return {}
         return {
-            "eval_strategy": "steps" if self.eval_steps else "no",
             "eval_steps": self.eval_steps,
             "eval_on_start": bool(self.eval_steps),  # a "before" point for the held-out curves
-            "per_device_eval_batch_size": self.per_device_train_batch_size,
         }
 
 
@@ -152,7 +159,7 @@ def _host_memory_gb() -> float | None:
 
 def _check_fits(p: PlanContext, zero_stage: int | None) -> None:
     """Refuse plans whose weights cannot fit the profile's memory (rough, weights + optimizer only)."""
-    params, hw = p.params_billion, p.recipe.hardware
+    params, hw = p.params_billion, p.hardware
     memory = hw.memory_gb or _host_memory_gb()
     if not params or not memory:
         return
@@ -186,7 +193,7 @@ def _check_fits(p: PlanContext, zero_stage: int | None) -> None:
 
 def _zero_stage(p: PlanContext) -> int | None:
     """The ZeRO stage actually used: only for multi-device launches that can run DeepSpeed."""
-    stage, hw = p.stage, p.recipe.hardware
+    stage, hw = p.stage, p.hardware
     if stage.deepspeed is None or not stage.deepspeed.zero_stage:
         return None
     zero = stage.deepspeed.zero_stage
@@ -204,6 +211,19 @@ def _zero_stage(p: PlanContext) -> int | None:
     return zero
 
 
+def _lr_schedule(stage, deepspeed: dict[str, Any] | None) -> str:
+    """The learning-rate schedule that will run: a DeepSpeed config's scheduler replaces the trainer's."""
+    scheduler = (deepspeed or {}).get("scheduler")
+    if not scheduler:
+        return stage.lr_scheduler_type
+    params = scheduler.get("params", {})
+    warmup = params.get("warmup_type")
+    if scheduler.get("type") == "WarmupDecayLR":
+        shape = {"cosine": "log (DeepSpeed has no cosine warmup)", None: "log"}.get(warmup, warmup)
+        return f"deepspeed WarmupDecayLR: {shape} warmup, then linear decay (replaces {stage.lr_scheduler_type})"
+    return f"deepspeed {scheduler.get('type')} (replaces {stage.lr_scheduler_type})"
+
+
 def _peft(stage, model):
     """The stage's adapter, LoRA targets filled in from the model entry when the peft entry names none."""
     peft = stage.peft
@@ -215,7 +235,7 @@ def _peft(stage, model):
 def resolve_training(p: PlanContext, template: str, family: str | None = None) -> dict[str, Any]:
     """The fields every ResolvedTraining has, for a kind's resolve to complete with its own; ``family`` is the
     trainer the kind runs, which the device must have."""
-    stage, hw = p.stage, p.recipe.hardware
+    stage, hw = p.stage, p.hardware
     if family and not p.device.has_trainer(family):
         has = sorted(f for f in ("sft", "dpo", "orpo", "cpo", "kto", "reward", "grpo") if p.device.has_trainer(f))
         raise PlanError(
@@ -263,7 +283,13 @@ def resolve_training(p: PlanContext, template: str, family: str | None = None) -
         seed=stage.seed,
         save_steps=stage.save_steps,
         save_total_limit=stage.save_total_limit,
+        save_strategy=stage.save_strategy,
         logging_steps=stage.logging_steps,
+        run_name=stage.run_name or p.name,
+        per_device_eval_batch_size=stage.per_device_eval_batch_size or micro,
+        eval_strategy="steps" if stage.do_eval and stage.eval_steps else "no",
+        remove_unused_columns=stage.remove_unused_columns,
+        lr_schedule=_lr_schedule(stage, deepspeed),
         template=template,
         default_system=default_system(p.recipe, p.name),
         do_eval=stage.do_eval,
@@ -345,10 +371,11 @@ class TrainingKind(StageKind):
                         else ""
                     )
                 )
-        world = recipe.hardware.world_size
+        hardware = recipe.hardware_for(name)
+        world = hardware.world_size
         if stage.global_batch_size % world:
             problems.append(
                 f"`{name}.global_batch_size` = {stage.global_batch_size}: not divisible by hardware "
-                f"{recipe.hardware.name!r}'s world size {world}; use a multiple of {world}"
+                f"{hardware.name!r}'s world size {world}; use a multiple of {world}"
             )
         return problems

@@ -203,3 +203,28 @@ def test_zero_sft_merge_dpo_pipeline_on_two_cpu_processes(tmp_path, zero, sft_co
     final = Path(proc.stdout.split("final model:")[1].split()[0])
     assert final.parent == tmp_path / "artifacts" and final.name.startswith("merge-")
     assert isinstance(_load_and_generate(final), str)
+
+
+def test_one_stage_on_two_processes_and_the_next_in_process(tmp_path):
+    """Per-stage hardware, run for real: SFT under torchrun on 2 processes (the recipe's cpu profile, overridden for
+    that stage), merge and DPO in this process; the checkpoint cadence the seeds ask for (save_strategy epoch)."""
+    stage_ranks = [f"sft.{key}" for key in TWO_RANKS] + ["sft.hardware.master_port=29549"]
+    proc = run_cli(
+        "recipe=tiny",
+        "pipeline=[sft,merge,dpo]",
+        "sft.max_steps=null",
+        "sft.num_train_epochs=1",
+        "sft.global_batch_size=30",
+        "sft.save_strategy=epoch",
+        "dpo.max_steps=4",
+        f"output_root={tmp_path}",
+        *stage_ranks,
+        env=_env(),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "launching: torchrun --nnodes 1 --nproc_per_node 2" in proc.stderr
+    assert proc.stderr.count("launching:") == 1  # merge and DPO ran in this process
+    sft, dpo = _manifest(tmp_path, "sft"), _manifest(tmp_path, "dpo")
+    assert sft["launch"]["world_size"] == 2 and dpo["launch"]["world_size"] == 1
+    assert sft["metrics"]["steps"] == 10  # 300 rows / 30 a step: one epoch
+    assert sft["args"]["save_strategy"] == "epoch"
