@@ -1,10 +1,10 @@
 """Command line: ``python -m neuralchat_recipes [hydra overrides]`` (same as ``neuralchat-recipes``).
 
 Modes: ``mode=run`` (default) executes the plan, ``mode=plan`` prints it as JSON and nothing
-else, ``mode=validate`` prints one OK line or the errors; ``mode=chat`` and ``mode=generate prompt=...``
-talk to the recipe's final model (chat.py). Every job of a multirun is composed
-and validated before the first one starts; a bad config exits with status 2 before torch or
-transformers are imported.
+else, ``mode=validate`` prints one OK line or the errors, ``mode=fit`` each stage's memory estimate
+(fit.py); ``mode=chat`` and ``mode=generate prompt=...`` talk to the recipe's final model (chat.py).
+Every job of a multirun is composed and validated before the first one starts; a bad config exits with
+status 2 before torch or transformers are imported.
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ def execute(recipe: RecipeConfig, plan: Plan | None = None) -> Any:
     plan = plan or build_plan(recipe)
     if recipe.mode == "plan":
         print(plan.to_json())
+        return plan
+    if recipe.mode == "fit":
+        from .fit import report
+
+        print(report(plan))
         return plan
     for warning in plan.warnings:
         print(f"warning: {warning}", file=sys.stderr)

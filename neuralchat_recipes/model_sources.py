@@ -27,6 +27,7 @@ from typing import Any
 PACKAGE_PREFIX = "package:"
 BUILTIN_PREFIX = "builtin:"
 CONVERTER_VERSION = "1"  # bump when the GGUF -> safetensors conversion changes what it writes
+FACTS_VERSION = "2"  # bump when the facts read from a GGUF file change (2: the model's config for memory estimates)
 GGUF_EXTRA = "pip install 'neuralchat-recipes[gguf]'"
 
 
@@ -106,7 +107,7 @@ def gguf_facts(path: Path) -> dict[str, Any]:
 
 @lru_cache(maxsize=16)
 def _gguf_facts(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
-    key = hashlib.sha256(f"{path}|{size}|{mtime_ns}|{CONVERTER_VERSION}".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{path}|{size}|{mtime_ns}|{CONVERTER_VERSION}|{FACTS_VERSION}".encode()).hexdigest()[:24]
     record = cache_root() / "gguf" / "facts" / f"{key}.json"
     if record.is_file():
         return json.loads(record.read_text())
@@ -140,6 +141,7 @@ def _gguf_facts(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
         "chat_template": field("tokenizer.chat_template"),
         "tokenizer_pre": field("tokenizer.ggml.pre"),  # llama.cpp's pre-tokenizer name
         "license": field("general.license"),
+        "config": _gguf_config(field, len(tokens)),  # what the memory estimate reads (memory.shape_from_config)
     }
     record.parent.mkdir(parents=True, exist_ok=True)
     tmp = record.with_suffix(f".{os.getpid()}.tmp")
@@ -165,6 +167,47 @@ def _safetensors_parameters(directory: Path) -> int | None:
                     n *= dim
                 total += n
     return total
+
+
+def _gguf_config(field, vocab: int) -> dict[str, Any]:
+    """A model's GGUF metadata under the Hugging Face config.json names the memory estimate reads."""
+    arch = field("general.architecture") or "llama"
+
+    def get(name):
+        value = field(f"{arch}.{name}")
+        return int(value) if value is not None else None
+
+    config = {
+        "model_type": arch,
+        "hidden_size": get("embedding_length"),
+        "num_hidden_layers": get("block_count"),
+        "num_attention_heads": get("attention.head_count"),
+        "num_key_value_heads": get("attention.head_count_kv"),
+        "intermediate_size": get("feed_forward_length"),
+        "vocab_size": vocab,
+        "num_local_experts": get("expert_count"),
+        "num_experts_per_tok": get("expert_used_count"),
+        "hidden_act": "silu" if arch in ("llama", "mistral", "qwen2") else None,
+    }
+    return {k: v for k, v in config.items() if v is not None}
+
+
+def model_config(path: str, package: str | None = None) -> dict[str, Any] | None:
+    """The model's config as config.json names it, from what is on this machine: a local directory's config.json,
+    a GGUF file's metadata, the builtin model's; None for a hub id (its entry's `shape` stands in)."""
+    if path.startswith(BUILTIN_PREFIX):
+        from .tiny_model import builtin_config
+
+        return builtin_config(path)
+    if not is_local(path):
+        return None
+    target = local_path(path, package)
+    if target.is_file():
+        return gguf_facts(target).get("config") if is_gguf(target.name) else None
+    try:
+        return json.loads((target / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def _token_text(value: Any) -> str | None:

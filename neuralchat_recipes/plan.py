@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from . import ENGINE_FINGERPRINT_VERSION, graph
+from . import ENGINE_FINGERPRINT_VERSION, fit, graph
 from .backends import get_device, launch_spec
 from .data.paths import resolve_data_path
 from .graph import StageInput
@@ -42,6 +42,7 @@ class StageSpec:
     launch: dict[str, Any]
     hardware: dict[str, Any] = field(default_factory=dict)  # the profile this stage runs on, and what it overrides
     notes: list[str] = field(default_factory=list)
+    memory: dict[str, Any] | None = None  # the estimated peak per device (fit.StageFit.view); None: not known
 
     @property
     def peft(self) -> dict[str, Any] | None:
@@ -63,6 +64,7 @@ class StageSpec:
             "hardware": self.hardware,
             "launch": self.launch,
             "notes": self.notes,
+            "memory": self.memory,
         }
 
 
@@ -179,7 +181,9 @@ def params_billion(model, facts: dict[str, Any] | None) -> float | None:
     return round(facts["parameters"] / 1e9, 4) if facts and facts.get("parameters") else None
 
 
-def _plan_stage(recipe: RecipeConfig, name: str, by_name: dict[str, StageSpec], facts, params, root: Path) -> StageSpec:
+def _plan_stage(
+    recipe: RecipeConfig, name: str, by_name: dict[str, StageSpec], facts, params, shape, root: Path
+) -> StageSpec:
     stage = recipe.stages[name]
     kind = KINDS[stage.kind]
     hw = recipe.hardware_for(name)
@@ -199,6 +203,7 @@ def _plan_stage(recipe: RecipeConfig, name: str, by_name: dict[str, StageSpec], 
         params_billion=params,
     )
     resolved = kind.resolve(p)
+    memory = _memory(recipe, p, kind.memory_workload(p, resolved), shape)
     fingerprint = _hash(
         {
             "engine": ENGINE_FINGERPRINT_VERSION,
@@ -232,7 +237,19 @@ def _plan_stage(recipe: RecipeConfig, name: str, by_name: dict[str, StageSpec], 
         ),
         hardware=_hardware_view(hw, stage),
         notes=p.notes,
+        memory=memory,
     )
+
+
+def _memory(recipe: RecipeConfig, p: PlanContext, workload, shape) -> dict[str, Any] | None:
+    """The stage's memory estimate; a PlanError when it is over the device's memory by more than the estimate's
+    error or by its weights alone (`mode=fit` reports instead of refusing)."""
+    if workload is None or shape is None:
+        return None
+    stage_fit = fit.stage_fit(p, workload, shape)
+    if stage_fit.refused and recipe.mode != "fit":
+        raise PlanError([fit.refusal(p, stage_fit, recipe.model.name, p.params_billion)])
+    return stage_fit.view()
 
 
 def _hardware_view(hw, stage) -> dict[str, Any]:
@@ -251,6 +268,7 @@ def build_plan(recipe: RecipeConfig) -> Plan:
     root = Path(recipe.output_root).expanduser().resolve()
     facts = _base_model_facts(recipe)
     params = params_billion(recipe.model, facts)
+    shape = fit.model_shape(recipe.model, params)
     by_name: dict[str, StageSpec] = {}
     problems: list[str] = []
     for name in recipe.pipeline:
@@ -258,12 +276,18 @@ def build_plan(recipe: RecipeConfig) -> Plan:
         if upstream and upstream not in by_name:
             continue  # the upstream stage already failed; its problem is reported
         try:
-            by_name[name] = _plan_stage(recipe, name, by_name, facts, params, root)
+            by_name[name] = _plan_stage(recipe, name, by_name, facts, params, shape, root)
         except PlanError as exc:
             problems += exc.problems
     if problems:
         raise PlanError(problems)
     warnings = [w for w in (eos_warning(recipe.model.name, facts),) if w]
+    for spec in by_name.values():
+        if spec.memory and spec.memory.get("fits") is False:
+            warnings.append(
+                f"`{spec.name}` may not fit: about {spec.memory['peak_gib']:g} GB a device of "
+                f"{spec.memory['limit_gib']:g} GB (within the estimate's error; `mode=fit` shows what to change)"
+            )
     return Plan(
         recipe=recipe.name,
         hardware=hw.name,

@@ -42,10 +42,11 @@ class ChatConfig(StrictModel):
 class RecipeConfig(StrictModel):
     name: str = Field(description="Recipe name.")
     description: str = Field(default="", description="What the recipe reproduces.")
-    mode: Literal["run", "plan", "validate", "chat", "generate"] = Field(
+    mode: Literal["run", "plan", "validate", "fit", "chat", "generate"] = Field(
         default="run",
-        description="`run` executes the plan, `plan` prints it as JSON, `validate` checks the config; `chat` talks "
-        "to the recipe's final model (interactive), `generate` answers `prompt` with it and exits.",
+        description="`run` executes the plan, `plan` prints it as JSON, `validate` checks the config, `fit` prints "
+        "each stage's estimated memory per device and, where it does not fit, the overrides that make it fit; "
+        "`chat` talks to the recipe's final model (interactive), `generate` answers `prompt` with it and exits.",
     )
     pipeline: list[str] = Field(
         min_length=1, description="Stage names in execution order; each names a top-level block."

@@ -56,6 +56,27 @@ def _vocabulary() -> list[str]:
     return SPECIALS + sorted(words - set(SPECIALS))
 
 
+# The demo model's shape (its config.json, without building it: the plan's memory estimate reads it)
+TINY_CONFIG = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 192,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 512,
+    "tie_word_embeddings": False,
+    "hidden_act": "silu",
+}
+
+
+def builtin_config(path: str) -> dict:
+    """config.json of a builtin model, as it will be built."""
+    if path.split(":", 1)[1] != "tiny-llama":
+        raise ValueError(f"unknown builtin model {path!r}")
+    return {**TINY_CONFIG, "vocab_size": len(_vocabulary())}
+
+
 def build_tiny_llama(target: Path) -> Path:
     """Write the model, tokenizer and chat template to ``target`` (atomically)."""
     import torch
@@ -71,12 +92,12 @@ def build_tiny_llama(target: Path) -> Path:
     tokenizer.chat_template = jinja_chat_template("neural_chat")
     config = LlamaConfig(
         vocab_size=len(vocab),
-        hidden_size=64,
-        intermediate_size=192,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
+        hidden_size=TINY_CONFIG["hidden_size"],
+        intermediate_size=TINY_CONFIG["intermediate_size"],
+        num_hidden_layers=TINY_CONFIG["num_hidden_layers"],
+        num_attention_heads=TINY_CONFIG["num_attention_heads"],
+        num_key_value_heads=TINY_CONFIG["num_key_value_heads"],
+        max_position_embeddings=TINY_CONFIG["max_position_embeddings"],
         bos_token_id=vocab["<s>"],
         eos_token_id=vocab["</s>"],
         pad_token_id=vocab["<pad>"],

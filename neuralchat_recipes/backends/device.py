@@ -29,6 +29,7 @@ CAPABILITIES = {
     "combined_dpo_losses": "DPO with several loss types and loss_weights (TRL's DPOConfig since 0.22; "
     "optimum-habana's GaudiDPOConfig takes one loss_type)",
     "bitsandbytes": "paged and 8-bit optimizers (bitsandbytes)",
+    "quantized_base": "LoRA trains on a 4-bit (NF4) or 8-bit base model through bitsandbytes (QLoRA)",
     "retained_freed_memory": "glibc's malloc may keep freed memory for the next step (hardware.retain_freed_memory)",
     "tensor_parallel_generation": "a generate stage shards its model over several devices (DeepSpeed inference)",
 }
@@ -62,6 +63,7 @@ class Device:
     capabilities: ClassVar[frozenset[str]] = frozenset(CAPABILITIES) - {
         "compact_lm_head",
         "bitsandbytes",
+        "quantized_base",
         "retained_freed_memory",
     }
     # trainer family -> (module, trainer class, its arguments class), imported only when a stage runs

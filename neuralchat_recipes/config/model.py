@@ -73,6 +73,13 @@ class ModelConfig(StrictModel):
         description="Environment for launched stages by device type (hpu: PT_HPU_MAX_COMPOUND_OP_SIZE for "
         "70B/Mixtral).",
     )
+    shape: dict[str, int | float | bool | str] | None = Field(
+        default=None,
+        description="The values of the model's config.json the memory estimate reads (hidden_size, "
+        "num_hidden_layers, num_attention_heads, num_key_value_heads, intermediate_size, vocab_size, "
+        "tie_word_embeddings, num_local_experts, num_experts_per_tok), for a hub model whose config is not on "
+        "this machine; a local directory's or GGUF file's own config is read instead.",
+    )
     params_billion: float | None = Field(
         default=None,
         gt=0,

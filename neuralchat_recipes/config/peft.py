@@ -25,6 +25,12 @@ class LoraConfig(StrictModel):
         default=False, description="Adapt every linear layer except the LM head (ITREX lora_all_linear)."
     )
     bias: Literal["none", "all", "lora_only"] = Field(default="none", description="Which biases to train.")
+    quantization: Literal["nf4", "int8"] | None = Field(
+        default=None,
+        description="QLoRA: load the base model's linear weights in 4-bit NF4 (double-quantized, computing in the "
+        "stage's precision) or 8-bit through bitsandbytes; the adapter trains in full precision, and a merge "
+        "stage merges it into a full-precision copy of the base. null: the base in the stage's precision.",
+    )
 
 
 class PTuningConfig(StrictModel):

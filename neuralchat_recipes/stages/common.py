@@ -74,8 +74,9 @@ def torch_dtype(model, precision: str):
     return getattr(torch, name)
 
 
-def load_model(model, source: str, precision: str, causal: bool = True, dtype=None):
-    """The model at ``source``, loaded as the entry says (dtype, remote code, safetensors only)."""
+def load_model(model, source: str, precision: str, causal: bool = True, dtype=None, quantization: str | None = None):
+    """The model at ``source``, loaded as the entry says (dtype, remote code, safetensors only); ``quantization``
+    (nf4 | int8): its linear weights quantized by bitsandbytes as they load (QLoRA)."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     cls = AutoModelForCausalLM if model.architecture == "causal" and causal else AutoModelForSeq2SeqLM
@@ -84,6 +85,8 @@ def load_model(model, source: str, precision: str, causal: bool = True, dtype=No
         trust_remote_code=model.trust_remote_code,
         use_safetensors=None if model.allow_pickle else True,
     )
+    if quantization:
+        kwargs["quantization_config"] = _quantization_config(quantization, kwargs["dtype"])
     if not Path(source).is_dir():
         kwargs["revision"] = model.revision
     try:
@@ -103,6 +106,27 @@ def load_model(model, source: str, precision: str, causal: bool = True, dtype=No
                 "somewhere you trust it, or use another checkpoint"
             ) from exc
         raise
+
+
+def _quantization_config(quantization: str, compute_dtype):
+    """bitsandbytes' settings for QLoRA: NF4 with double quantization (the paper's), or LLM.int8()."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise SettingError(
+            f"`peft.quantization` = {quantization!r} loads the base model through bitsandbytes, which is not "
+            "installed: pip install 'neuralchat-recipes[qlora]'"
+        )
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
 
 
 def _unpickling_culprit(exc: Exception) -> str:

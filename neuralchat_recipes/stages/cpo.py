@@ -75,6 +75,7 @@ class ResolvedCPO(ResolvedTraining):
 
 class CPOKind(TrainingKind):
     name = "cpo"
+    sequences_per_sample = 2  # a chosen and a rejected answer a pair
     config = CPOStage
     data_use = "preference"
     supports_seq2seq = False

@@ -19,11 +19,11 @@ from pydantic import Field, field_validator, model_validator
 
 from ..config.base import NOT_FINGERPRINTED
 from ..config.stage import MaxSteps, Template, TrainStageBase
-from .common import load_model, load_tokenizer, log, model_source
+from .common import load_tokenizer, log, model_source
 from .kind import PlanContext, PlanError
 from .peft_config import build_peft_config
 from .preference import pairs_dataset
-from .train_loop import completion_only_lm_head, ready_to_train, train_and_save, training_config
+from .train_loop import completion_only_lm_head, train_and_save, training_config, training_model
 from .training import ResolvedTraining, TrainingKind, resolve_training
 
 
@@ -152,6 +152,7 @@ class ResolvedDPO(ResolvedTraining):
 
 class DPOKind(TrainingKind):
     name = "dpo"
+    sequences_per_sample = 2  # a chosen and a rejected answer a pair
     config = DPOStage
     data_use = "preference"
     supports_seq2seq = False
@@ -194,6 +195,11 @@ class DPOKind(TrainingKind):
             precompute_ref_log_probs=precompute,
             reference_model=reference,
         )
+
+    def reference_mode(self, resolved) -> str | None:
+        if resolved.precompute_ref_log_probs:
+            return "precomputed"
+        return "adapter_disabled" if resolved.peft.method != "none" else "copy"
 
     def run(self, ctx) -> dict[str, Any]:
         return run(ctx)
@@ -260,8 +266,7 @@ def run(ctx) -> dict[str, Any]:
     log.info("[%s] %d preference pairs from %s", ctx.name, len(dataset), data_source)
     trainer_cls, config_cls = ctx.device.trainer("dpo")
     config = training_config(ctx, config_cls, args.dpo_config_extra())
-    model = load_model(ctx.model, source, args.precision)  # after the arguments: ZeRO-3 loads it sharded
-    ready_to_train(ctx, model)
+    model = training_model(ctx, source)  # after the arguments: ZeRO-3 loads it sharded
     with completion_only_lm_head(ctx.device):  # the trainer scores the reference while it is built
         trainer = dpo_trainer_class(trainer_cls, args.max_prompt_length)(
             model=model,

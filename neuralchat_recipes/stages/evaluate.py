@@ -49,6 +49,20 @@ DEFAULT_EVAL_HARNESS = {
 }
 
 
+# The longest request (few-shot context and answer, in Llama tokens) of the lm-eval tasks this tool's recipes
+# name; the memory estimate pads a batch to it. A task not listed is taken at the longest context a
+# leaderboard task reaches (25-shot ARC, 5-shot MMLU).
+LONGEST_CONTEXT = 2048
+TASK_CONTEXT = {"truthfulqa_mc2": 512, "truthfulqa_mc1": 512, "hellaswag": 1024, "winogrande": 1024}
+
+
+def _longest_context(task: str) -> int:
+    name, _, shots = task.partition(":")
+    if shots == "0" and name not in TASK_CONTEXT:
+        return 1024  # zero-shot: a question and its answer
+    return TASK_CONTEXT.get(name, LONGEST_CONTEXT)
+
+
 class EvalStage(StageBase):
     kind: Literal["eval"] = Field(default="eval", description="Evaluate a model.")
     harness: Literal["task", "lm_eval", "builtin", "rouge", "pass_at_k"] = Field(
@@ -203,6 +217,24 @@ class EvalKind(StageKind):
         if stage.preference_dataset is not None:
             out.append(("preference_dataset", stage.preference_dataset, "preference"))
         return out
+
+    def memory_workload(self, p: PlanContext, resolved):
+        from ..memory import Workload
+
+        # one model at a time (the compared ones in turn); lm-eval pads a batch to its longest request and sorts
+        # the longest first, so the peak is at the tasks' longest context
+        if resolved.harness == "lm_eval":
+            sequence = max((_longest_context(t) for t in resolved.tasks), default=LONGEST_CONTEXT)
+        else:
+            sequence = 512
+        return Workload(
+            kind="score",
+            precision=resolved.precision,
+            device=p.hardware.device,
+            micro_batch=resolved.batch_size,
+            sequence=sequence,
+            batch_key=f"{p.name}.batch_size",
+        )
 
     def harness(self, recipe, name: str, stage) -> tuple[str | None, list[str], str | None]:
         """(harness, lm-eval tasks, nearest earlier SFT stage); harness `task` becomes the default of that SFT

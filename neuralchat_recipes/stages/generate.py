@@ -75,6 +75,10 @@ class GenerateStage(StageBase):
         return self
 
 
+# prompts are not tokenized at plan time: the memory estimate takes a long chat prompt's length
+PROMPT_TOKENS_ESTIMATE = 512
+
+
 class ResolvedGenerate(Resolved):
     prompts: list[str]
     prompts_file: str | None = Field(json_schema_extra=NOT_FINGERPRINTED)  # (its bytes: prompts_file_sha256)
@@ -108,11 +112,25 @@ class GenerateKind(StageKind):
         hardware = recipe.hardware_for(name)
         if stage.deepspeed_inference and hardware.world_size < 2:
             return [
-                f"`{name}.deepspeed_inference`: shards the model over several devices, but the stage runs on "
-                f"{hardware.world_size} ({hardware.name!r}); give it more (e.g. `hardware@{name}.hardware=gaudi2_8x`) "
-                "or turn it off"
+                f"`{name}.deepspeed_inference` on hardware {hardware.name!r} is not supported because it shards the "
+                f"model over several devices and the stage runs on {hardware.world_size}; give it more (e.g. "
+                f"`hardware@{name}.hardware=gaudi2_8x`) or turn it off"
             ]
         return []
+
+    def memory_workload(self, p: PlanContext, resolved):
+        from ..memory import Workload
+
+        return Workload(
+            kind="generate",
+            precision=resolved.precision,
+            device=p.hardware.device,
+            world=resolved.tensor_parallel,
+            micro_batch=resolved.batch_size,
+            batch_key=f"{p.name}.batch_size",
+            sequence=PROMPT_TOKENS_ESTIMATE,
+            new_tokens=resolved.max_new_tokens if resolved.use_kv_cache else 0,
+        )
 
     def resolve(self, p: PlanContext) -> ResolvedGenerate:
         from ..plan import file_sha256
@@ -125,9 +143,9 @@ class GenerateKind(StageKind):
         if tensor_parallel > 1 and not p.device.can("tensor_parallel_generation"):
             raise PlanError(
                 [
-                    f"`{p.name}.deepspeed_inference`: DeepSpeed's tensor-parallel inference does not run on "
-                    f"{p.hardware.device} devices here (its CPU path crashes); generate on one process "
-                    f"(`{p.name}.deepspeed_inference=false`)"
+                    f"`{p.name}.deepspeed_inference` on hardware {p.hardware.name!r} is not supported because "
+                    f"DeepSpeed's tensor-parallel inference does not run on {p.hardware.device} devices here (its CPU "
+                    f"path crashes); generate on one process (`{p.name}.deepspeed_inference=false`)"
                 ]
             )
         return ResolvedGenerate(

@@ -16,11 +16,11 @@ from pydantic import Field, field_validator, model_validator
 
 from ..config.base import NOT_FINGERPRINTED, StrictModel
 from ..config.stage import MaxSteps, Template, TrainStageBase
-from .common import load_model, load_tokenizer, log, model_source, render_prompt
+from .common import load_tokenizer, log, model_source, render_prompt
 from .kind import PlanContext
 from .peft_config import build_peft_config
 from .rewards import REWARDS
-from .train_loop import ready_to_train, train_and_save, training_config
+from .train_loop import train_and_save, training_config, training_model
 from .training import ResolvedTraining, TrainingKind, resolve_training
 
 
@@ -204,8 +204,7 @@ class GRPOKind(TrainingKind):
         )
         trainer_cls, config_cls = ctx.device.trainer(self.trainer_family)
         config = training_config(ctx, config_cls, args.grpo_config_extra())
-        model = load_model(ctx.model, source, args.precision)
-        ready_to_train(ctx, model)
+        model = training_model(ctx, source)
         trainer = trainer_cls(
             model=model,
             reward_funcs=rewards,

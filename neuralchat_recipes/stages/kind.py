@@ -102,6 +102,10 @@ class StageKind:
         """Plan inputs beyond the one the stage consumes (a merge's base, an evaluation's compared models)."""
         return []
 
+    def memory_workload(self, p: PlanContext, resolved):
+        """What the stage does as far as its memory goes (memory.Workload), or None: no estimate."""
+        return None
+
     def runs_generated_code(self, args) -> bool:
         """Whether the stage, with these resolved settings, runs code a model wrote (it needs the sandbox)."""
         return False

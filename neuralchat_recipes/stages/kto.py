@@ -14,11 +14,11 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ..config.stage import MaxSteps, Template, TrainStageBase
-from .common import load_model, load_tokenizer, log, model_source
+from .common import load_tokenizer, log, model_source
 from .kind import PlanContext
 from .peft_config import build_peft_config
 from .preference import unpaired, unpaired_dataset
-from .train_loop import completion_only_lm_head, ready_to_train, train_and_save, training_config
+from .train_loop import completion_only_lm_head, train_and_save, training_config, training_model
 from .training import ResolvedTraining, TrainingKind, resolve_training
 
 
@@ -61,6 +61,7 @@ class ResolvedKTO(ResolvedTraining):
 
 class KTOKind(TrainingKind):
     name = "kto"
+    sequences_per_sample = 2  # an example and the mismatched one of its KL batch
     config = KTOStage
     supports_seq2seq = False
     trainer_family = "kto"
@@ -94,8 +95,7 @@ class KTOKind(TrainingKind):
         log.info("[%s] %d examples from %s (%d desirable)", ctx.name, len(dataset), data_source, sum(dataset["label"]))
         trainer_cls, config_cls = ctx.device.trainer(self.trainer_family)
         config = training_config(ctx, config_cls, args.kto_config_extra())
-        model = load_model(ctx.model, source, args.precision)
-        ready_to_train(ctx, model)
+        model = training_model(ctx, source)
         with completion_only_lm_head(ctx.device):
             trainer = trainer_cls(
                 model=model,

@@ -78,6 +78,14 @@ class MergeKind(StageKind):
             )
         return ResolvedMerge(precision=p.precision, dtype=p.stage.dtype, onto=p.stage.onto)
 
+    def memory_workload(self, p: PlanContext, resolved):
+        from ..memory import Workload
+
+        # the base loads in the merge's dtype ("auto": the checkpoint's, taken as the profile's precision), in the
+        # runner's host memory whatever the stage's device
+        dtype = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(resolved.dtype, p.precision)
+        return Workload(kind="merge", precision=dtype, device="cpu")
+
     def run(self, ctx) -> dict[str, Any]:
         import torch
         from peft import PeftModel

@@ -50,6 +50,7 @@ class ResolvedORPO(ResolvedTraining):
 
 class ORPOKind(TrainingKind):
     name = "orpo"
+    sequences_per_sample = 2  # a chosen and a rejected answer a pair
     config = ORPOStage
     data_use = "preference"
     supports_seq2seq = False

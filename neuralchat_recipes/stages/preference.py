@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import load_model, load_tokenizer, log, model_source, render_prompt
+from .common import load_tokenizer, log, model_source, render_prompt
 from .peft_config import build_peft_config
-from .train_loop import completion_only_lm_head, ready_to_train, train_and_save, training_config
+from .train_loop import completion_only_lm_head, train_and_save, training_config, training_model
 
 
 def pairs_dataset(rows: list[dict[str, Any]], tokenizer, template: str, with_length: bool = False):
@@ -64,8 +64,7 @@ def train_without_reference(ctx, family: str, config_extra: dict[str, Any], what
     log.info("[%s] %d preference pairs from %s%s", ctx.name, len(dataset), data_source, what)
     trainer_cls, config_cls = ctx.device.trainer(family)
     config = training_config(ctx, config_cls, config_extra)
-    model = load_model(ctx.model, source, args.precision)
-    ready_to_train(ctx, model)
+    model = training_model(ctx, source)
     with completion_only_lm_head(ctx.device):
         trainer = trainer_cls(
             model=model,

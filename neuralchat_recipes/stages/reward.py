@@ -50,9 +50,11 @@ class ResolvedReward(ResolvedTraining):
 
 class RewardKind(TrainingKind):
     name = "reward"
+    sequences_per_sample = 2  # a chosen and a rejected answer a pair
     config = RewardStage
     data_use = "preference"
     supports_seq2seq = False
+    quantizes_base = False  # a sequence-classification head on the base: loaded without quantization
     trainer_family = "reward"
 
     def produces(self, stage) -> str | None:

@@ -26,7 +26,7 @@ from ..config.stage import VIRTUAL_TOKEN_METHODS, Epochs, Task, Template, TrainS
 from .common import SettingError, load_model, load_tokenizer, log, model_source, render_prompt
 from .kind import PlanContext
 from .peft_config import build_peft_config
-from .train_loop import completion_only_lm_head, ready_to_train, train_and_save, training_config
+from .train_loop import completion_only_lm_head, train_and_save, training_config, training_model
 from .training import ResolvedTraining, TrainingKind, resolve_training
 
 # ITREX's --task picks the prompt format when a recipe does not name one (chat: the model's own chat template) ...
@@ -245,8 +245,7 @@ def _run_trl(ctx, source: str, tokenizer, data) -> dict[str, Any]:
     trainer_cls, config_cls = ctx.device.trainer("sft")
     # training arguments first: with ZeRO-3 they make from_pretrained load the weights already sharded
     config = training_config(ctx, config_cls, {**args.trl_config_extra(), **_stream_arguments(data)})
-    model = load_model(ctx.model, source, args.precision)
-    ready_to_train(ctx, model)
+    model = training_model(ctx, source)
     trainer = trainer_cls(
         model=model,
         args=config,
@@ -278,8 +277,7 @@ def _run_plain_trainer(ctx, source: str, tokenizer, data) -> dict[str, Any]:
     args = ctx.args
     trainer_cls, config_cls = ctx.device.trainer("trainer")
     config = training_config(ctx, config_cls, {**args.plain_config_extra(), **_stream_arguments(data)})
-    model = load_model(ctx.model, source, args.precision)
-    ready_to_train(ctx, model)
+    model = training_model(ctx, source)
     size = args.max_seq_length
     pad_to = size if args.pad_to_max else None
     extra: dict[str, Any] = {}

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import SettingError, StageError
+from .common import SettingError, StageError, load_model
 
 log = logging.getLogger("neuralchat_recipes")
 
@@ -51,6 +51,20 @@ def check_lora_targets(model, targets: list[str], name: str, from_model_entry: b
             f"named {', '.join(linear)} (e.g. `{key}=[{','.join(linear[:2])}]`, or `{name}.peft.all_linear=true`)"
         )
     log.info("[%s] LoRA targets not in %s, skipped: %s", name, type(model).__name__, ", ".join(unmatched))
+
+
+def training_model(ctx, source: str):
+    """The model a training stage starts from, ready to wrap: loaded in the stage's precision (its base 4- or
+    8-bit for QLoRA, then made trainable in k-bit: norms in fp32, inputs that keep gradients for checkpointing)."""
+    args = ctx.args
+    quantization = getattr(args.peft, "quantization", None)
+    model = load_model(ctx.model, source, args.precision, quantization=quantization)
+    if quantization:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
+    ready_to_train(ctx, model)
+    return model
 
 
 def ready_to_train(ctx, model) -> None:

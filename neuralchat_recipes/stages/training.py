@@ -146,47 +146,24 @@ def _micro_and_accum(global_batch: int, world: int, micro_max: int) -> tuple[int
     return micro, per_device // micro
 
 
-def _host_memory_gb() -> float | None:
-    try:
-        with open("/proc/meminfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) / 1024**2
-    except OSError:
-        pass
-    return None
-
-
-def _check_fits(p: PlanContext, zero_stage: int | None) -> None:
-    """Refuse plans whose weights cannot fit the profile's memory (rough, weights + optimizer only)."""
-    params, hw = p.params_billion, p.hardware
-    memory = hw.memory_gb or _host_memory_gb()
-    if not params or not memory:
+def _check_quantization(p: PlanContext, zero: int | None) -> None:
+    """QLoRA needs bitsandbytes kernels for the device, and weights ZeRO-3 does not shard."""
+    quantization = getattr(p.stage.peft, "quantization", None)
+    if not quantization:
         return
-    weight_bytes = 4 if p.precision == "fp32" else 2
-    if p.stage.peft.method == "none":
-        # weights + grads + fp32 master + Adam moments (mixed precision: ~16 bytes/param)
-        states = 16
-        if zero_stage == 3:
-            need = params * states / p.world
-        elif zero_stage in (1, 2):
-            need = params * (weight_bytes + (states - weight_bytes) / p.world)
-        else:
-            need = params * states
-    else:
-        need = params * weight_bytes / (p.world if zero_stage == 3 else 1)
-    if need > memory * 0.9:
-        how = (
-            "use a profile with more devices and ZeRO-3 (e.g. hardware=gaudi2_8x), or a smaller model"
-            if zero_stage != 3 or p.world == 1
-            else "use more devices or a smaller model"
-        )
+    where = f"`{p.name}.peft.quantization` = {quantization!r} on hardware {p.hardware.name!r} is not supported because"
+    if not p.device.can("quantized_base"):
         raise PlanError(
             [
-                f"`{p.name}` on hardware {hw.name!r} is not supported because model {p.recipe.model.name!r} "
-                f"({params:g}B parameters, {p.precision}) needs about {need:.0f} GB per device "
-                f"{'(ZeRO-3 over ' + str(p.world) + ' devices) ' if zero_stage == 3 and p.world > 1 else ''}"
-                f"and a device has {memory:.0f} GB; {how}"
+                f"{where} bitsandbytes has no {p.hardware.device} kernels for a quantized base (cpu and cuda have "
+                f"them); set `{p.name}.peft.quantization=null`, or run the stage on a cpu or cuda profile"
+            ]
+        )
+    if zero == 3:
+        raise PlanError(
+            [
+                f"{where} ZeRO-3 would shard the packed 4-/8-bit weights as if they were bf16; use ZeRO-2 "
+                f"(`{p.name}.deepspeed.zero_stage=2`): the quantized base is small enough to keep whole"
             ]
         )
 
@@ -246,7 +223,7 @@ def resolve_training(p: PlanContext, template: str, family: str | None = None) -
             ]
         )
     zero = _zero_stage(p)
-    _check_fits(p, zero)
+    _check_quantization(p, zero)
     micro, accum = _micro_and_accum(stage.global_batch_size, p.world, stage.micro_batch_size)
     if micro != stage.micro_batch_size:
         p.notes.append(
@@ -319,10 +296,47 @@ class TrainingKind(StageKind):
     data_use: ClassVar[str] = "sft"  # the rows it reads: sft | preference | unpaired | code (DATA_USES)
     trainer_family: ClassVar[str | None] = None  # the trainer it runs (Device.trainers), checked at plan time
     supports_seq2seq: ClassVar[bool] = True
+    quantizes_base: ClassVar[bool] = True  # LoRA may train on a 4-/8-bit base (QLoRA: train_loop.training_model)
     packs_virtual_tokens: ClassVar[bool] = False
 
     def produces(self, stage) -> str | None:
         return "model" if stage.peft.method == "none" else "adapter"
+
+    sequences_per_sample: ClassVar[int] = 1  # DPO and its relatives score a chosen and a rejected answer
+
+    def memory_workload(self, p: PlanContext, resolved):
+        from ..memory import ALL_LINEAR, Workload
+
+        sequence = getattr(resolved, "max_seq_length", None) or getattr(resolved, "max_length", None) or 512
+        peft = resolved.peft
+        deepspeed = p.stage.deepspeed
+        return Workload(
+            kind="train",
+            precision=resolved.precision,
+            device=p.hardware.device,
+            world=p.world,
+            micro_batch=resolved.per_device_train_batch_size,
+            sequence=sequence,
+            sequences_per_sample=self.sequences_per_sample,
+            peft=peft.method,
+            lora_rank=getattr(peft, "r", 8),
+            lora_targets=ALL_LINEAR
+            if getattr(peft, "all_linear", False)
+            else tuple(getattr(peft, "target_modules", None) or ()),
+            quantization=getattr(peft, "quantization", None),
+            optim=resolved.optim,
+            zero_stage=resolved.zero_stage,
+            offload_optimizer=bool(resolved.zero_stage and deepspeed and deepspeed.offload_optimizer),
+            offload_param=bool(resolved.zero_stage and deepspeed and deepspeed.offload_param),
+            gradient_checkpointing=resolved.gradient_checkpointing,
+            swiglu_recompute=p.device.can("swiglu_recompute"),
+            reference=self.reference_mode(resolved),
+            retain_freed_memory=p.hardware.device == "cpu" and p.hardware.retain_freed_memory,
+        )
+
+    def reference_mode(self, resolved) -> str | None:
+        """How a kind with a reference model holds it: copy | adapter_disabled | precomputed (None: it has none)."""
+        return None
 
     def use_of(self, stage) -> str:
         """What the stage's rows are read as (DATA_USES)."""
@@ -350,6 +364,13 @@ class TrainingKind(StageKind):
             problems.append(
                 f"`{name}`: a {self.name} stage is not supported for the seq2seq model {model.name!r}; "
                 "seq2seq models run sft, merge, eval and generate"
+            )
+        quantization = getattr(stage.peft, "quantization", None)
+        if quantization and (model.architecture != "causal" or not self.quantizes_base):
+            what = f"a {self.name} stage" if not self.quantizes_base else f"the {model.architecture} model"
+            problems.append(
+                f"`{name}.peft.quantization` = {quantization!r} is not supported for {what} {model.name!r} "
+                "because only causal language models load a quantized base here; set it to null"
             )
         method = stage.peft.method
         if method not in model.supported_peft:

@@ -16,7 +16,7 @@ def test_stack_llama_zero3_on_gaudi_sets_the_sync_env():
     a = sft.args.view()
     assert (a["per_device_train_batch_size"], a["gradient_accumulation_steps"]) == (1, 2)
     assert a["max_steps"] == 500 and a["weight_decay"] == 0.05 and a["optim"] == "paged_adamw_32bit"
-    assert [s.kind for s in plan.stages] == ["sft", "merge", "dpo", "merge", "eval", "generate"]
+    assert [s.kind for s in plan.stages] == ["sft", "merge", "dpo", "merge", "generate"]
     dpo = plan.stage("dpo")
     assert dpo.args.view()["max_prompt_length"] == 256 and dpo.args.view()["max_length"] == 512
     assert (

@@ -61,6 +61,7 @@ def test_sft_matches_finetune_neuralchat_v3(plan):
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
         "all_linear": False,
         "bias": "none",
+        "quantization": None,
     }
     assert a["template"] == "neural_chat" and a["loss_on"] == "assistant"
     ds = a["deepspeed"]

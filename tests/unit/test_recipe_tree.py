@@ -58,7 +58,7 @@ def test_every_recipe_on_every_hardware_plans_or_says_why(recipe, hardware):
         assert any(r in text for r in refusals), text
         return
     assert plan.recipe == recipe and plan.hardware == hardware
-    assert [s.name for s in plan.stages] == compose_recipe(f"recipe={recipe}").pipeline
+    assert [s.name for s in plan.stages] == compose_recipe(f"recipe={recipe}", f"hardware={hardware}").pipeline
     for spec in plan.stages:
         assert len(spec.fingerprint) == 64
         assert spec.launch["command"]
