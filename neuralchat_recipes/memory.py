@@ -27,6 +27,11 @@ PROCESS_BASELINE = {"cpu": 0.55 * GIB, "cuda": 0.75 * GIB, "xpu": 0.75 * GIB, "h
 PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 # bitsandbytes: NF4 packs two weights a byte plus a scale per 64 (double-quantized); int8 one byte plus a scale a row
 QUANT_BYTES = {"nf4": 0.53, "int8": 1.02}
+# With glibc's malloc keeping freed memory (cpu, hardware.retain_freed_memory) the heap holds what fragmentation
+# leaves on top of the live tensors: measured (bench/memory.py) ~10% for one sequence a sample, and 50-75% for
+# the preference kinds, whose chosen/rejected halves, reference scoring and loss interleave differently sized
+# allocations (DPO at 4,096 tokens: 3.9 GiB resident before the backward, 2.1 GiB with the C library's defaults)
+ALLOCATOR_SLACK = {1: 0.10, 2: 0.60}  # by sequences per sample
 # optimizer state per trained parameter
 OPTIMIZER_BYTES = {
     "adamw_torch": 8,
@@ -297,5 +302,6 @@ def estimate(shape: Shape, work: Workload, limit_bytes: float | None = None) -> 
     elif work.kind == "merge":  # the base in the merge's dtype; the adapter's weights are small
         pass
     if work.retain_freed_memory:
-        est.parts["allocator slack"] = 0.10 * sum(v for k, v in est.parts.items() if k != "runtime")
+        slack = ALLOCATOR_SLACK[min(work.sequences_per_sample, 2)]
+        est.parts["allocator slack"] = slack * sum(v for k, v in est.parts.items() if k != "runtime")
     return est
