@@ -1,0 +1,103 @@
+"""SFT throughput of this project and chosen peers, interleaved and repeated, with the spread.
+
+    python bench/repeat.py [--rounds 3] [--peers sft_trl_fp32_packing,sft_hf_concat]
+
+One ratio from one run says little on a noisy machine: this runs our SFT stage and each peer in turn
+(ours, peer A, peer B, ours, peer A, ...) on bench/run_all.py's workload, every run in its own process,
+and reports each contender's median and range of non-pad tokens per second and the ratio of the medians.
+Writes bench/repeat_last_run.md (and prints it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from run_all import contender, ours  # noqa: E402
+from workload import build_model, write_sft  # noqa: E402
+
+# what each peer's packed rows can see of each other (bench/contenders.py)
+ISOLATION = {
+    "sft_trl_fp32_packing": "no: TRL's best-fit packing makes the batch one padding-free row; without a varlen "
+    "kernel (flash-attention) SDPA attends across all of it",
+    "sft_hf_concat": "no: ITREX's concatenation into 1024-token blocks",
+    "sft_trl_fp32": "yes: no packing, each batch padded",
+    "sft_raw_loop": "yes: no packing, each batch padded",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--peers", default="sft_trl_fp32_packing,sft_hf_concat")
+    parser.add_argument("--work", type=Path, default=None)
+    a = parser.parse_args()
+    work = a.work or Path(tempfile.mkdtemp(prefix="ncr-repeat-"))
+    work.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "NEURALCHAT_CACHE": str(work / "cache"),
+        "PYTHONPATH": str(HERE),
+    }
+    build_model(work / "model")
+    write_sft(work / "sft.jsonl")
+    peers = [p for p in a.peers.split(",") if p]
+    rates: dict[str, list[float]] = {"ours": [], **{p: [] for p in peers}}
+    memory: dict[str, list[float]] = {k: [] for k in rates}
+    notes: dict[str, dict] = {}
+    t0 = time.time()
+    for round_ in range(a.rounds):
+        for name in ["ours", *peers]:
+            if name == "ours":
+                r = ours("sft", work, env)
+                rate = r["tokens_seen"] / r["train_runtime_s"]
+            else:
+                r = contender(name, work, env)
+                if "failed" in r:
+                    print(f"round {round_ + 1}: {name} failed: {r['failed']}", flush=True)
+                    continue
+                rate = r["tokens"] / r["train_s"]
+                notes[name] = {k: v for k, v in r.items() if k not in ("tokens", "train_s", "rss_mib", "wall_s")}
+            rates[name].append(rate)
+            memory[name].append(r["rss_mib"] / 1024)
+            print(f"round {round_ + 1}: {name} {rate:,.0f} tok/s, peak RSS {r['rss_mib'] / 1024:.2f} GiB", flush=True)
+    ours_median = statistics.median(rates["ours"])
+    lines = [
+        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {os.cpu_count()} cores, "
+        f"{time.time() - t0:,.0f} s: `python bench/repeat.py --rounds {a.rounds} --peers {a.peers}` (contenders "
+        "interleaved: ours, then each peer, per round)",
+        "",
+        "| contender | runs | tok/s median | range | ours / this (medians) | peak RSS GiB | samples isolated |",
+        "|---|---:|---:|---|---:|---:|---|",
+    ]
+    for name, values in rates.items():
+        if not values:
+            lines.append(f"| {name} | 0 | - | - | - | - | failed |")
+            continue
+        med = statistics.median(values)
+        isolated = "yes: per-sample causal attention in packed blocks" if name == "ours" else ISOLATION.get(name, "?")
+        lines.append(
+            f"| {name} | {len(values)} | {med:,.0f} | {min(values):,.0f}-{max(values):,.0f} | "
+            f"{ours_median / med:.2f} | {max(memory[name]):.2f} | {isolated} |"
+        )
+    lines += ["", "Peer settings reported by the runs:", "", "```", json.dumps(notes, indent=1), "```"]
+    text = "\n".join(lines) + "\n"
+    (HERE / "repeat_last_run.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
