@@ -82,10 +82,12 @@ def bwrap_command(work: str, program: str) -> list[str]:
         cmd += ["--ro-bind-try", d, d]
     for f in SYSTEM_FILES:
         cmd += ["--ro-bind-try", f, f]
+    cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    # after the private /tmp: an interpreter or virtual environment under /tmp stays visible (read-only)
     for d in _python_dirs():
         if not any(d == s or d.startswith(s + "/") for s in SYSTEM_DIRS):
             cmd += ["--ro-bind", d, d]
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--ro-bind", work, "/sandbox"]
+    cmd += ["--ro-bind", work, "/sandbox"]
     cmd += ["--remount-ro", "/", "--chdir", "/tmp"]  # the sandbox's own root stays read-only too; /tmp is its own
     for key, value in (("PATH", "/usr/bin:/bin"), ("HOME", "/tmp"), ("TMPDIR", "/tmp"), ("LANG", "C.UTF-8")):
         cmd += ["--setenv", key, value]

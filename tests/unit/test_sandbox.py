@@ -55,6 +55,21 @@ def test_a_file_outside_the_sandbox_cannot_be_written_and_its_own_root_is_read_o
 
 
 @needs_bwrap
+def test_an_interpreter_under_tmp_is_still_seen_inside_the_sandbox(tmp_path, monkeypatch):
+    """The sandbox's private /tmp must not hide a virtual environment that lives under /tmp (a CI clone)."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(os.path.realpath(sys.executable))
+    monkeypatch.setattr(sys, "executable", str(venv / "bin" / "python"))
+    monkeypatch.setattr(sys, "prefix", str(venv))
+    ok, reason = run_untrusted("import sys; assert sys.executable.startswith('/tmp/')")
+    assert ok, reason
+    # and it stays read-only there
+    ok, reason = run_untrusted(f"open({str(venv / 'escaped.txt')!r}, 'w').write('x')")
+    assert not ok and not (venv / "escaped.txt").exists()
+
+
+@needs_bwrap
 def test_secrets_are_out_of_reach_environment_proc_and_files(tmp_path, monkeypatch):
     secret = "hf_" + uuid.uuid4().hex
     monkeypatch.setenv("HF_TOKEN", secret)
