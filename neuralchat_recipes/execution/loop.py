@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.util
 import json
 import logging
 import os
@@ -113,6 +114,12 @@ def preflight(recipe: RecipeConfig, plan: Plan) -> None:
     if any(_loads_base(spec) for spec in pending):
         problems += _offline_model_problems(recipe)
     for spec in pending:
+        quantization = (spec.peft or {}).get("quantization")
+        if quantization and importlib.util.find_spec("bitsandbytes") is None:
+            problems.append(
+                f"`{spec.name}.peft.quantization` = {quantization!r} loads the base model through bitsandbytes, "
+                "which is not installed: pip install 'neuralchat-recipes[qlora]'"
+            )
         if KINDS[spec.kind].runs_generated_code(spec.args):
             try:
                 require_sandbox(recipe.allow_unsandboxed_code, f"`{spec.name}`")

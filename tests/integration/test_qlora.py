@@ -51,3 +51,22 @@ def test_the_plan_says_what_the_quantized_base_saves(plan_of):
     assert qlora.args.peft.quantization == "nf4"
     # 4-bit NF4 linears (0.53 bytes a weight with their scales) against bf16's 2: about a quarter, plus embeddings
     assert 0.25 < qlora.memory["parts_gib"]["weights"] / full["parts_gib"]["weights"] < 0.35
+
+
+def test_without_bitsandbytes_the_run_stops_before_any_work_naming_the_stage_key(tmp_path, monkeypatch):
+    import importlib.util
+
+    from neuralchat_recipes.execution import loop
+    from neuralchat_recipes.plan import build_plan
+    from tests.conftest import compose_recipe
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        loop.importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a)
+    )
+    recipe = compose_recipe("recipe=tiny", "pipeline=[sft]", "sft.peft.quantization=int8", f"output_root={tmp_path}")
+    with pytest.raises(loop.RunError) as info:
+        loop.preflight(recipe, build_plan(recipe))
+    assert "`sft.peft.quantization` = 'int8'" in str(info.value) and "neuralchat-recipes[qlora]" in str(info.value)
+    plain = compose_recipe("recipe=tiny", "pipeline=[sft]", f"output_root={tmp_path}")
+    loop.preflight(plain, build_plan(plain))  # no complaint without quantization
