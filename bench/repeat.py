@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run_all import contender, ours  # noqa: E402
+from run_all import bench_env, contender, ours  # noqa: E402
 from workload import build_model, write_sft  # noqa: E402
 
 # what each peer's packed rows can see of each other (bench/contenders.py)
@@ -44,14 +44,7 @@ def main() -> None:
     a = parser.parse_args()
     work = a.work or Path(tempfile.mkdtemp(prefix="ncr-repeat-"))
     work.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "NEURALCHAT_CACHE": str(work / "cache"),
-        "PYTHONPATH": str(HERE),
-    }
+    env = bench_env(work)
     build_model(work / "model")
     write_sft(work / "sft.jsonl")
     peers = [p for p in a.peers.split(",") if p]

@@ -44,6 +44,18 @@ class Failed(Exception):
     """A contender that did not finish (killed for memory, crashed): its row says so."""
 
 
+def bench_env(work: Path) -> dict[str, str]:
+    """The environment every bench process runs in: offline, one cache under the work directory."""
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "NEURALCHAT_CACHE": str(work / "cache"),
+        "PYTHONPATH": str(HERE),
+    }
+
+
 def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str, str]:
     """(wall seconds, peak RSS MiB of that process tree's largest process, stdout, stderr)."""
     t0 = time.perf_counter()
@@ -154,14 +166,7 @@ def main() -> None:
     a = parser.parse_args()
     work = a.work or Path(tempfile.mkdtemp(prefix="ncr-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "NEURALCHAT_CACHE": str(work / "cache"),
-        "PYTHONPATH": str(HERE),
-    }
+    env = bench_env(work)
     n_sft, n_pairs, slow_subset = (32, 16, 8) if a.quick else (96, 64, 8)  # TRL defaults: one batch (slow here)
     median = 300
     if a.workload == "smollm2":

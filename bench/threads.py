@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run_all import measure, ours  # noqa: E402
+from run_all import bench_env, measure, ours  # noqa: E402
 from workload import build_model, write_sft  # noqa: E402
 
 from neuralchat_recipes.backends.threads import physical_cores  # noqa: E402
@@ -57,14 +56,7 @@ def main() -> None:
     a = parser.parse_args()
     work = a.work or Path(tempfile.mkdtemp(prefix="ncr-threads-"))
     work.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "NEURALCHAT_CACHE": str(work / "cache"),
-        "PYTHONPATH": str(HERE),
-    }
+    env = bench_env(work)
     build_model(work / "model")
     write_sft(work / "sft.jsonl", n=a.samples, median=300)
     counts = [int(t) for t in a.threads.split(",")]
