@@ -58,17 +58,21 @@ def profiles() -> tuple[Profile, ...]:
     import yaml
 
     from .compose import config_dir
+    from .config.hardware import HardwareConfig
+
+    def field(data: dict, key: str):  # a key the file leaves out takes the schema's default (written once there)
+        return data[key] if key in data else HardwareConfig.model_fields[key].default
 
     found = []
     for path in sorted((config_dir() / "hardware").glob("*.yaml")):
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         found.append(
             Profile(
-                name=data.get("name", path.stem),
-                device=data.get("device", "cpu"),
-                world=int(data.get("devices_per_node", 1)) * int(data.get("num_nodes", 1)),
-                memory_gb=data.get("memory_gb"),
-                supports_deepspeed=bool(data.get("supports_deepspeed", True)),
+                name=data["name"],
+                device=data["device"],
+                world=int(field(data, "devices_per_node")) * int(field(data, "num_nodes")),
+                memory_gb=field(data, "memory_gb"),
+                supports_deepspeed=bool(field(data, "supports_deepspeed")),
             )
         )
     return tuple(found)
