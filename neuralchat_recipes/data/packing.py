@@ -309,6 +309,18 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     return torch.stack(rows), None  # [batch, length, heads, head_dim], as transformers expects
 
 
+def packed_sdpa_mask(*args, attention_mask=None, **kwargs):
+    """The mask transformers builds for ``ncr_packed_sdpa``: none for a batch without a padding mask (packed
+    rows: the attention finds the samples from the position ids), SDPA's own mask for a padded batch, which
+    ``packed_sdpa`` then hands to SDPA. Without a registered mask function transformers passes no mask at all
+    to a custom attention, and a left-padded batch would attend to its padding."""
+    from transformers.masking_utils import sdpa_mask
+
+    if attention_mask is None:
+        return None
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+
+
 def supports_labelled_logits(model) -> bool:
     """Whether the model's forward slices hidden states by a boolean ``logits_to_keep`` (transformers'
     ``slice_logits_to_keep``) before its LM head, so ``PackedCollator(labelled_logits=True)`` applies."""
@@ -325,9 +337,11 @@ def supports_labelled_logits(model) -> bool:
 def use_packed_attention(model) -> bool:
     """Switch a model to ``ncr_packed_sdpa`` if it runs on transformers' attention interface."""
     from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
 
     if not getattr(model, "_supports_attention_backend", False):
         return False
     AttentionInterface.register(PACKED_ATTENTION, packed_sdpa)
+    AttentionMaskInterface.register(PACKED_ATTENTION, packed_sdpa_mask)
     model.set_attn_implementation(PACKED_ATTENTION)
     return True

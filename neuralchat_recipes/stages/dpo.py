@@ -3,7 +3,9 @@
 With a LoRA adapter the reference model is the policy with its adapter disabled (TRL does that when it
 is given a peft_config and no ref_model), so no second copy of the weights is loaded; by default the
 reference scores every pair once before training. Prompts longer than ``max_prompt_length`` keep their
-end; ``pad_to_max`` pads every batch to ``max_length`` (static shapes for Gaudi).
+end; ``pad_to_max`` pads every batch to ``max_length`` (static shapes for Gaudi). Otherwise, where the device
+attends per sample, every batch runs padding-free (stages/padding_free.py): its chosen and rejected sequences
+side by side in one row, each attending only to itself.
 """
 
 from __future__ import annotations
@@ -70,6 +72,13 @@ class DPOStage(TrainStageBase):
         description="Pad every batch to max_length (static shapes); null follows the hardware profile.",
         json_schema_extra=NOT_FINGERPRINTED,
     )
+    padding_free: bool | None = Field(
+        default=None,
+        description="Run each batch's chosen and rejected sequences side by side in one row without padding, each "
+        "attending only to itself (same log-probs, no work on padding). null: on unless batches are padded to "
+        "max_length or the device has no per-sample attention.",
+        json_schema_extra=NOT_FINGERPRINTED,
+    )
     template: Template = Field(
         default="neural_chat", description="Prompt format the preference prompts are rendered with."
     )
@@ -129,6 +138,7 @@ class ResolvedDPO(ResolvedTraining):
     max_length: int
     max_prompt_length: int
     pad_to_max: bool = Field(json_schema_extra=NOT_FINGERPRINTED)
+    padding_free: bool = Field(json_schema_extra=NOT_FINGERPRINTED)
     group_by_length: bool
     precompute_ref_log_probs: bool = Field(json_schema_extra=NOT_FINGERPRINTED)
     reference_model: str = Field(json_schema_extra=NOT_FINGERPRINTED)
@@ -182,6 +192,21 @@ class DPOKind(TrainingKind):
             if precompute
             else "frozen copy of the input model"
         )
+        pad_to_max = hw.static_shapes if stage.pad_to_max is None else stage.pad_to_max
+        if stage.padding_free and pad_to_max:
+            raise PlanError(
+                [
+                    f"`{p.name}.padding_free` and `{p.name}.pad_to_max` contradict each other (padding every batch "
+                    f"to max_length, or none at all); set one of them to false"
+                ]
+            )
+        if stage.padding_free and not p.device.can("per_sample_attention"):
+            raise PlanError(
+                [
+                    f"`{p.name}.padding_free`: hardware {hw.name!r} ({hw.device}) has no per-sample attention to keep "
+                    "unpadded sequences apart; set it to false or null"
+                ]
+            )
         return ResolvedDPO(
             **common,
             beta=stage.beta,
@@ -190,7 +215,10 @@ class DPOKind(TrainingKind):
             label_smoothing=stage.label_smoothing,
             max_length=stage.max_length,
             max_prompt_length=stage.max_prompt_length,
-            pad_to_max=hw.static_shapes if stage.pad_to_max is None else stage.pad_to_max,
+            pad_to_max=pad_to_max,
+            padding_free=(not pad_to_max and p.device.can("per_sample_attention"))
+            if stage.padding_free is None
+            else stage.padding_free,
             group_by_length=not hw.static_shapes if stage.group_by_length is None else stage.group_by_length,
             precompute_ref_log_probs=precompute,
             reference_model=reference,
@@ -267,6 +295,20 @@ def run(ctx) -> dict[str, Any]:
     trainer_cls, config_cls = ctx.device.trainer("dpo")
     config = training_config(ctx, config_cls, args.dpo_config_extra())
     model = training_model(ctx, source)  # after the arguments: ZeRO-3 loads it sharded
+    padding = "batches padded to their longest sequence"
+    if args.pad_to_max:
+        padding = f"every batch padded to max_length ({args.max_length})"
+    elif args.padding_free:
+        from .padding_free import unpad_backbone
+
+        if unpad_backbone(model):
+            padding = "none: each batch's sequences in one row, per-sample attention"
+        else:
+            log.info(
+                "[%s] %s cannot run padding-free (no attention interface); batches stay padded",
+                ctx.name,
+                type(model).__name__,
+            )
     with completion_only_lm_head(ctx.device):  # the trainer scores the reference while it is built
         trainer = dpo_trainer_class(trainer_cls, args.max_prompt_length)(
             model=model,
@@ -281,7 +323,12 @@ def run(ctx) -> dict[str, Any]:
         # the plan's reference (adapter disabled, or scored before training: no second model), unless this TRL
         # kept a frozen copy after all
         reference = "frozen copy of the input model" if trainer.ref_model is not None else args.reference_model
-        extra: dict[str, Any] = {"reference_model": reference, "sample_unit": "pairs", **({"mix": mix} if mix else {})}
+        extra: dict[str, Any] = {
+            "reference_model": reference,
+            "sample_unit": "pairs",
+            "padding": padding,
+            **({"mix": mix} if mix else {}),
+        }
         if trainer.ref_precompute_s:  # (older TRL, as on Gaudi, scores the reference inside train())
             extra["reference_scored_before_training_s"] = round(trainer.ref_precompute_s, 2)
             log.info(

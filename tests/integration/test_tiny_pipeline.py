@@ -232,6 +232,32 @@ def test_reference_scored_before_training_matches_each_pair(tmp_path):
     assert "Computing reference log probs" not in proc.stderr  # TRL's progress bar stays quiet
 
 
+def test_padding_free_dpo_trains_as_the_padded_one(tmp_path):
+    """Each batch's chosen and rejected sequences in one unpadded row: the same log-probs, losses and rewards
+    step by step as the padded batches."""
+
+    def history(padding_free: str) -> tuple[list[dict], str]:
+        root = tmp_path / padding_free
+        proc = run_cli(
+            "pipeline=[dpo]",
+            "dpo.input=base",
+            "dpo.max_steps=3",
+            "dpo.logging_steps=1",
+            f"dpo.padding_free={padding_free}",
+            f"output_root={root}",
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        metrics = json.loads((next((root / "artifacts").glob("dpo-*")) / "manifest.json").read_text())["metrics"]
+        return [h for h in metrics["history"] if "loss" in h], metrics["padding"]
+
+    (free, free_padding), (padded, padded_padding) = history("true"), history("false")
+    assert free_padding.startswith("none") and padded_padding.startswith("batches padded")
+    assert len(free) == len(padded) == 3
+    for a, b in zip(free, padded):
+        for key in ("loss", "logps/chosen", "logps/rejected", "rewards/margins"):
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-4), (key, a, b)
+
+
 def test_talk_to_the_final_model_one_shot_and_interactively(demo):
     from transformers import AutoTokenizer
 

@@ -110,3 +110,13 @@ def test_an_evaluation_judges_earlier_reward_models_on_pairs():
     plan = plan_for("recipe=tiny_preference")
     assert plan.stage("eval").inputs[-1].stage == "reward"  # after the compared models
     assert plan.stage("eval").args.reward_models == {"reward": "neural_chat"}
+
+
+def test_dpo_runs_padding_free_where_the_device_attends_per_sample():
+    assert plan_for("recipe=tiny").stage("dpo").args.padding_free  # cpu: per-sample attention
+    assert not plan_for("recipe=tiny", "dpo.pad_to_max=true").stage("dpo").args.padding_free
+    assert not plan_for("recipe=neural_chat_v3", "hardware=gaudi2_8x").stage("dpo").args.padding_free  # static shapes
+    msg = error_of("recipe=tiny", "dpo.padding_free=true", "dpo.pad_to_max=true")
+    assert "`dpo.padding_free` and `dpo.pad_to_max` contradict each other" in msg
+    msg = error_of("recipe=neural_chat_v3", "hardware=gaudi2_8x", "dpo.padding_free=true", "dpo.pad_to_max=false")
+    assert "`dpo.padding_free`: hardware 'gaudi2_8x' (hpu) has no per-sample attention" in msg

@@ -1,0 +1,126 @@
+"""Padding-free preference batches: the unpadded backbone gives the padded run's log-probs and gradients."""
+
+import pytest
+
+
+def _model():
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from neuralchat_recipes.tiny_model import resolve_builtin
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(resolve_builtin("builtin:tiny-llama"), dtype=torch.float32)
+
+
+def _right_padded_batch(lengths, pad=0, seed=1):
+    """A [chosen; rejected]-style batch as TRL's DataCollatorForPreference builds it: right padding."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.full((len(lengths), width), pad)
+    mask = torch.zeros((len(lengths), width), dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = torch.randint(5, 60, (n,), generator=g)
+        mask[row, :n] = 1
+    return ids, mask
+
+
+def _sequence_logps(model, ids, mask):
+    """Each row's summed log-prob of its real tokens (what a DPO trainer compares)."""
+    import torch
+
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
+    logps = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None])[..., 0]
+    return (logps * mask[:, 1:]).sum(1)
+
+
+def test_unpadded_batch_gives_the_padded_log_probs_and_gradients():
+    import torch
+
+    from neuralchat_recipes.stages.padding_free import unpad_backbone
+
+    lengths = [23, 7, 31, 12, 18, 31, 5, 26]
+    ids, mask = _right_padded_batch(lengths)
+    padded_model, free_model = _model(), _model()
+    assert unpad_backbone(free_model)
+
+    padded = _sequence_logps(padded_model, ids, mask)
+    free = _sequence_logps(free_model, ids, mask)
+    assert torch.allclose(padded, free, atol=1e-4, rtol=1e-5), (padded, free)
+
+    padded.sum().backward()
+    free.sum().backward()
+    for (name, a), (_, b) in zip(padded_model.named_parameters(), free_model.named_parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-4, rtol=1e-4), name
+
+
+def test_sequences_in_the_unpadded_row_do_not_see_each_other():
+    """Changing one row's tokens leaves every other row's log-prob as it was (isolation, not just equal sums)."""
+    import torch
+
+    from neuralchat_recipes.stages.padding_free import unpad_backbone
+
+    model = _model()
+    assert unpad_backbone(model)
+    ids, mask = _right_padded_batch([9, 14, 6])
+    with torch.no_grad():
+        before = _sequence_logps(model, ids, mask)
+        changed = ids.clone()
+        changed[0, :9] = torch.randint(5, 60, (9,), generator=torch.Generator().manual_seed(7))
+        after = _sequence_logps(model, changed, mask)
+    assert not torch.allclose(before[0], after[0])
+    assert torch.allclose(before[1:], after[1:], atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["left padded", "cache", "no mask"])
+def test_batches_it_cannot_unpad_take_the_original_path(case):
+    import torch
+
+    from neuralchat_recipes.stages.padding_free import unpad_backbone
+
+    padded_model, free_model = _model().eval(), _model().eval()
+    assert unpad_backbone(free_model)
+    ids, mask = _right_padded_batch([6, 9, 4])
+    kwargs = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
+    if case == "left padded":
+        kwargs["attention_mask"] = mask.flip(1)
+    elif case == "cache":
+        kwargs["use_cache"] = True
+    else:
+        kwargs["attention_mask"] = None
+    with torch.no_grad():
+        a = padded_model(**kwargs).logits
+        b = free_model(**kwargs).logits
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_the_unpadded_row_reaches_attention_without_a_mask():
+    """No dense mask is built for the unpadded row (the per-sample kernel runs); a left-padded batch that takes
+    the original path gets SDPA's padding mask."""
+    import torch
+    from transformers import AttentionInterface
+
+    from neuralchat_recipes.data.packing import PACKED_ATTENTION, packed_sdpa
+    from neuralchat_recipes.stages.padding_free import unpad_backbone
+
+    model = _model().eval()
+    assert unpad_backbone(model)
+    masks = []
+
+    def spy(module, query, key, value, attention_mask, **kwargs):
+        masks.append(attention_mask)
+        return packed_sdpa(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register(PACKED_ATTENTION, spy)
+    try:
+        ids, mask = _right_padded_batch([6, 9, 4])
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask, use_cache=False)
+            assert masks and all(m is None for m in masks)
+            masks.clear()
+            model(input_ids=ids.flip(1), attention_mask=mask.flip(1), use_cache=False)
+            assert masks and all(m is not None for m in masks)
+    finally:
+        AttentionInterface.register(PACKED_ATTENTION, packed_sdpa)
