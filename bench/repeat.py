@@ -63,7 +63,8 @@ def main() -> None:
                     print(f"round {round_ + 1}: {name} failed: {r['failed']}", flush=True)
                     continue
                 rate = r["tokens"] / r["train_s"]
-                notes[name] = {k: v for k, v in r.items() if k not in ("tokens", "train_s", "rss_mib", "wall_s")}
+                skip = ("tokens", "train_s", "rss_mib", "wall_s", "peak_rss_mib", "samples", "config")
+                notes[name] = {k: v for k, v in r.items() if k not in skip}
             rates[name].append(rate)
             memory[name].append(r["rss_mib"] / 1024)
             print(f"round {round_ + 1}: {name} {rate:,.0f} tok/s, peak RSS {r['rss_mib'] / 1024:.2f} GiB", flush=True)
@@ -81,7 +82,11 @@ def main() -> None:
             lines.append(f"| {name} | 0 | - | - | - | - | failed |")
             continue
         med = statistics.median(values)
-        isolated = "yes: per-sample causal attention in packed blocks" if name == "ours" else ISOLATION.get(name, "?")
+        isolated = (
+            "yes: per-sample causal attention in packed blocks"
+            if name == "ours"
+            else ISOLATION.get(name) or notes.get(name, {}).get("samples_isolated", "?")
+        )
         lines.append(
             f"| {name} | {len(values)} | {med:,.0f} | {min(values):,.0f}-{max(values):,.0f} | "
             f"{ours_median / med:.2f} | {max(memory[name]):.2f} | {isolated} |"

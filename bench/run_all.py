@@ -9,13 +9,17 @@ prints one Markdown table (also written to bench/last_run.md with the command li
 - SFT: non-pad tokens trained per second, LoRA r16 on q/k/v/o, batch 8, one epoch. This
   project's SFT stage (CLI, hardware=cpu, packing with isolated samples) vs TRL's SFTTrainer
   with its defaults (bf16 autocast, gradient checkpointing; on a subset, it is slow here),
-  TRL configured for this CPU (fp32, no checkpointing), a raw PyTorch loop padding each batch
-  to its longest sample, and the HF Trainer on ITREX-style concatenated 1024-token blocks
-  (samples attend to each other there). One more TRL row, for reference, gets the malloc
-  setting our cpu profile applies (hardware.retain_freed_memory) through glibc's environment.
-- DPO: preference pairs per second and peak RSS, LoRA: this project's DPO stage vs TRL's
-  DPOTrainer with its defaults, and TRL configured for this CPU (fp32, no checkpointing,
-  a separate reference model). Our time includes the reference pass before training.
+  TRL configured for this CPU (fp32, no checkpointing), TRL with packing=True, a raw PyTorch
+  loop padding each batch to its longest sample, the HF Trainer on ITREX-style concatenated
+  1024-token blocks, and the tools users pick instead, each in its own venv (bench/peer_envs.py)
+  through its own CLI and config (bench/peers.py): LLaMA-Factory (packing, neat_packing),
+  torchtune's LoRA single-device recipe (packed), axolotl (sample_packing). A peer whose venv
+  is missing gets a row saying so.
+- DPO: chosen + rejected tokens (prompt included) per second, the reference pass counted, LoRA:
+  this project's DPO stage vs TRL's DPOTrainer (defaults; fp32 with a separate reference),
+  LLaMA-Factory's DPO and torchtune's LoRA DPO recipe.
+- Against the limit: every row's useful FLOP/s (bench/limit.py's formula) as a share of this
+  machine's fp32 matmul throughput on the model's own GEMM shapes, measured in the same run.
 - Packing: share of non-pad tokens per batch with and without packing, on the SFT data.
 - Overheads: `mode=plan` of neural_chat_v3 on gaudi2_8x vs `python -c "import hydra, pydantic"`,
   a re-run of the finished tiny recipe (every stage cached), and command to first optimizer step.
@@ -35,7 +39,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from workload import build_model, link_smollm2, write_dpo, write_sft  # noqa: E402
+from limit import Shape, dpo_flops, sft_flops  # noqa: E402
+from workload import build_model, link_smollm2, tokenized_sft, write_dpo, write_sft  # noqa: E402
 
 from neuralchat_recipes.backends.cpu import KEEP  # noqa: E402
 
@@ -56,8 +61,9 @@ def bench_env(work: Path) -> dict[str, str]:
     }
 
 
-def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str, str]:
-    """(wall seconds, peak RSS MiB of that process tree's largest process, stdout, stderr)."""
+def measure(cmd: list[str], env: dict[str, str], log: Path | None = None) -> tuple[float, float, str, str]:
+    """(wall seconds, peak RSS MiB of that process tree's largest process, stdout, stderr); both streams also
+    written to ``log`` when given, whether the command succeeds or not."""
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
@@ -66,6 +72,8 @@ def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str, str
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
+    if log is not None:
+        log.write_text(f"$ {' '.join(cmd)}\n{stdout}\n--- stderr ---\n{stderr}")
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         why = (
@@ -83,12 +91,51 @@ RETAIN_FREED = {"MALLOC_MMAP_THRESHOLD_": str(KEEP), "MALLOC_TRIM_THRESHOLD_": s
 
 
 def contender(name: str, work: Path, env, limit: int | None = None) -> dict:
+    """A peer of bench/contenders.py (this venv) or of bench/peers.py (the tool's own venv, its own CLI)."""
+    if name.split("_")[0] in ("llamafactory", "torchtune", "axolotl"):
+        try:
+            _, _, out, _ = measure([sys.executable, str(HERE / "peers.py"), name, str(work)], env)
+        except Failed as exc:
+            return {"failed": str(exc)}
+        r = json.loads(out.strip().splitlines()[-1])
+        return r if "failed" in r else {**r, "rss_mib": r["peak_rss_mib"]}  # the tool's process, not the driver's
     cmd = [sys.executable, str(HERE / "contenders.py"), name, str(work)] + (["--limit", str(limit)] if limit else [])
     try:
         wall, rss, out, _ = measure(cmd, env)
     except Failed as exc:
         return {"failed": str(exc)}
     return {**json.loads(out.strip().splitlines()[-1]), "rss_mib": rss, "wall_s": wall}
+
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def workload_flops(work: Path) -> tuple[list[tuple[int, int]], list[tuple[int, int, int]]]:
+    """The SFT samples [(tokens, labelled)] and DPO pairs [(prompt, chosen, rejected) tokens] as our stages
+    tokenize them: the work each row's FLOP/s is counted on (bench/limit.py's formula)."""
+    from transformers import AutoTokenizer
+
+    from neuralchat_recipes.data.formats import convert_rows
+    from neuralchat_recipes.data.templates import prompt_text
+
+    sft = [(len(e["input_ids"]), sum(e["assistant_masks"])) for e in tokenized_sft(work / "model", work / "sft.jsonl")]
+    tok = AutoTokenizer.from_pretrained(work / "model")
+    raw = [json.loads(line) for line in (work / "dpo.jsonl").read_text().splitlines()]
+
+    def n(text: str) -> int:
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    pairs = [
+        (n(prompt_text("neural_chat", r["prompt"], tok.eos_token)), n(r["chosen"]) + 1, n(r["rejected"]) + 1)
+        for r in convert_rows(raw, "orca_dpo_pairs", "preference", "dpo.jsonl")
+    ]
+    return sft, pairs
+
+
+def matmul_peak(work: Path, env, python: str = sys.executable) -> float:
+    """fp32 GFLOP/s of the model's own GEMMs at one step's 8 x 1024 tokens (bench/limit.py), in ``python``'s torch."""
+    _, _, out, _ = measure([python, str(HERE / "limit.py"), str(work / "model"), "--tokens", "8192"], env)
+    return json.loads(out)["peak_gflops"]
 
 
 def ours(kind: str, work: Path, env, extra: list[str] = (), precision: str = "fp32") -> dict:
@@ -177,60 +224,124 @@ def main() -> None:
     write_sft(work / "sft.jsonl", n=n_sft, median=median)
     write_dpo(work / "dpo.jsonl", n=n_pairs)
     t_start = time.time()
-    rows: list[tuple[str, str, str, str]] = []
+    shape = Shape.of(work / "model")
+    sft_samples, dpo_pairs = workload_flops(work)
+    sft_flops_per_token = sft_flops(shape, sft_samples, 16, LORA_TARGETS) / sum(n for n, _ in sft_samples)
+    peak = matmul_peak(work, env)
+    rows: list[tuple[str, ...]] = []
+
+    def share(flops_per_s: float) -> str:
+        return f"{100 * flops_per_s / 1e9 / peak:.0f}%"
 
     # ---- SFT -----------------------------------------------------------------------------
     ours_sft = ours("sft", work, env)
     sft_rate = ours_sft["tokens_seen"] / ours_sft["train_runtime_s"]
-    peers = {
-        "TRL SFTTrainer, defaults (bf16 autocast, grad. checkpointing)": contender(
-            "sft_trl_defaults", work, env, slow_subset
-        ),
-        "raw PyTorch loop, fp32, padded to longest": contender("sft_raw_loop", work, env),
-        "TRL SFTTrainer, fp32, no checkpointing": contender("sft_trl_fp32", work, env),
-        "HF Trainer, ITREX concatenation (samples not isolated), fp32": contender("sft_hf_concat", work, env),
-        "TRL SFTTrainer, fp32, no checkpointing, + our allocator setting (for reference)": contender(
-            "sft_trl_fp32", work, {**env, **RETAIN_FREED}
-        ),
-    }
     rows.append(
         (
-            "SFT: this project (packed, samples isolated)",
+            "SFT: this project (packed)",
             f"{sft_rate:,.0f} tok/s",
             "1.00",
+            share(sft_rate * sft_flops_per_token),
+            "yes: per-sample causal attention in packed blocks",
             f"{ours_sft['rss_mib']:,.0f}",
         )
     )
-    for label, r in peers.items():
+    sft_peers = {  # label -> (contender, subset, whether its packed samples are kept apart)
+        "TRL SFTTrainer, defaults (bf16 autocast, grad. checkpointing)": (
+            "sft_trl_defaults",
+            slow_subset,
+            "yes (padded)",
+        ),
+        "raw PyTorch loop, fp32, padded to longest": ("sft_raw_loop", None, "yes (padded)"),
+        "TRL SFTTrainer, fp32, no checkpointing": ("sft_trl_fp32", None, "yes (padded)"),
+        "TRL SFTTrainer, fp32, packing=True (best-fit, padding-free)": (
+            "sft_trl_fp32_packing",
+            None,
+            "no: one padding-free row; SDPA attends across it",
+        ),
+        "HF Trainer, ITREX concatenation, fp32": ("sft_hf_concat", None, "no: 1024-token blocks of the stream"),
+        "LLaMA-Factory 0.9.5, packing + neat_packing, fp32": ("llamafactory_sft_neat_packing", None, None),
+        "LLaMA-Factory 0.9.5, packing, fp32": ("llamafactory_sft_packing", None, None),
+        "torchtune 0.6.1, lora_finetune_single_device, packed, fp32": ("torchtune_sft_packed", None, None),
+        "axolotl 0.19.0, sample_packing, sdpa, fp32": ("axolotl_sft_sample_packing", None, None),
+    }
+    fastest_isolated_peer = 0.0
+    for label, (name, subset, isolated) in sft_peers.items():
+        r = contender(name, work, env, subset)
         if "failed" in r:
-            rows.append((f"SFT: {label}", f"did not finish: {r['failed']}", "", ""))
+            rows.append((f"SFT: {label}", f"did not finish: {r['failed']}", "", "", "", ""))
             continue
         rate = r["tokens"] / r["train_s"]
-        rows.append((f"SFT: {label}", f"{rate:,.0f} tok/s", f"{sft_rate / rate:.2f}", f"{r['rss_mib']:,.0f}"))
+        per_token = (
+            sft_flops(shape, r["samples"], 16, LORA_TARGETS) / r["tokens"] if r.get("samples") else sft_flops_per_token
+        )
+        isolated = isolated or r.get("samples_isolated", "?")
+        if isolated.startswith("yes") and name != "sft_trl_defaults":
+            fastest_isolated_peer = max(fastest_isolated_peer, rate)
+        rows.append(
+            (
+                f"SFT: {label}",
+                f"{rate:,.0f} tok/s",
+                f"{sft_rate / rate:.2f}",
+                share(rate * per_token),
+                isolated,
+                f"{r['rss_mib']:,.0f}",
+            )
+        )
+    if fastest_isolated_peer:
+        rows.append(
+            (
+                "SFT target: >= 1.5x the fastest peer whose samples are isolated",
+                f"{sft_rate / fastest_isolated_peer:.2f}x",
+                "",
+                "target >= 80%",
+                "",
+                "",
+            )
+        )
 
     # ---- DPO -----------------------------------------------------------------------------
+    # tokens: the chosen and rejected sequences (prompt included) through the policy's forward and backward;
+    # time: the training loop plus the reference pass before it (dpo.precompute_ref_log_probs)
+    dpo_tokens = sum(p + c + x + p for p, c, x in dpo_pairs)
+    dpo_work = dpo_flops(shape, dpo_pairs, 16, LORA_TARGETS)
     ours_dpo = ours("dpo", work, env)
-    # the reference pass before training counts (dpo.precompute_ref_log_probs)
     dpo_time = ours_dpo["train_runtime_s"] + ours_dpo.get("reference_scored_before_training_s", 0)
-    dpo_rate = ours_dpo["samples"] * ours_dpo.get("epochs", 1) / dpo_time
+    dpo_rate = dpo_tokens * ours_dpo.get("epochs", 1) / dpo_time
     rows.append(
         (
-            "DPO: this project (LoRA, reference = adapter disabled)",
-            f"{dpo_rate:.2f} pairs/s",
+            "DPO: this project (LoRA, reference = adapter disabled, scored before training)",
+            f"{dpo_rate:,.0f} tok/s ({ours_dpo['samples'] / dpo_time:.2f} pairs/s)",
             "1.00",
+            share(dpo_work / dpo_time),
+            "yes: " + ours_dpo.get("padding", "?"),
             f"{ours_dpo['rss_mib']:,.0f}",
         )
     )
     for label, name, subset in (
         ("TRL DPOTrainer, defaults", "dpo_trl_defaults", slow_subset),
         ("TRL DPOTrainer, fp32, no checkpointing, separate reference", "dpo_trl_fp32_ref", None),
+        ("LLaMA-Factory 0.9.5 DPO, fp32", "llamafactory_dpo", None),
+        ("torchtune 0.6.1, lora_dpo_single_device, fp32", "torchtune_dpo", None),
     ):
         r = contender(name, work, env, subset)
         if "failed" in r:
-            rows.append((f"DPO: {label}", f"did not finish: {r['failed']}", "", ""))
+            rows.append((f"DPO: {label}", f"did not finish: {r['failed']}", "", "", "", ""))
             continue
-        rate = r["pairs"] / r["train_s"]
-        rows.append((f"DPO: {label}", f"{rate:.2f} pairs/s", f"{dpo_rate / rate:.2f}", f"{r['rss_mib']:,.0f}"))
+        pairs = r["pairs"]
+        fraction = pairs / len(dpo_pairs)  # a subset (TRL's defaults) does that share of the work
+        rate = dpo_tokens * fraction / r["train_s"]
+        rows.append(
+            (
+                f"DPO: {label}",
+                f"{rate:,.0f} tok/s ({pairs / r['train_s']:.2f} pairs/s)",
+                f"{dpo_rate / rate:.2f}",
+                share(dpo_work * fraction / r["train_s"]),
+                "yes (padded)",
+                f"{r['rss_mib']:,.0f}",
+            )
+        )
+    rows.append(("DPO target: DPO tok/s >= 0.8x SFT tok/s", f"{dpo_rate / sft_rate:.2f}x", "", "", "", ""))
 
     # ---- packing and overheads ----------------------------------------------------------------
     packing = ours_sft["packing"]
@@ -238,6 +349,8 @@ def main() -> None:
         (
             "Packing: non-pad tokens per batch, unpacked -> packed",
             f"{100 * packing['non_pad_fraction_unpacked']:.1f}% -> {100 * packing['non_pad_fraction_packed']:.1f}%",
+            "",
+            "",
             "",
             "",
         )
@@ -252,13 +365,17 @@ def main() -> None:
             f"{plan:.2f} s vs {imports:.2f} s",
             f"{plan / imports:.2f}",
             "",
+            "",
+            "",
         )
     )
     tiny_root = work / "tiny-outputs"
     measure([sys.executable, "-m", "neuralchat_recipes", f"output_root={tiny_root}"], env)
     cached = best_of(2, [sys.executable, "-m", "neuralchat_recipes", f"output_root={tiny_root}"], env)
-    rows.append(("Re-run of the finished tiny recipe (all stages cached)", f"{cached:.2f} s", "", ""))
-    rows.append(("Command to first optimizer step (the SFT run above)", f"{ours_sft['first_step_s']:.2f} s", "", ""))
+    rows.append(("Re-run of the finished tiny recipe (all stages cached)", f"{cached:.2f} s", "", "", "", ""))
+    rows.append(
+        ("Command to first optimizer step (the SFT run above)", f"{ours_sft['first_step_s']:.2f} s", "", "", "", "")
+    )
 
     command = (
         "python bench/run_all.py"
@@ -267,10 +384,14 @@ def main() -> None:
     )
     header = (
         f"`{command}` on {os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d')}, "
-        f"{round(time.time() - t_start)} s; ratio = this project / the row (higher is better for speed)\n\n"
-        "| measurement | value | ratio | peak RSS MiB |\n|---|---|---|---|\n"
+        f"{round(time.time() - t_start)} s; ratio = this project / the row (higher is better for speed); "
+        f"share of peak = the row's useful FLOP/s (bench/limit.py's formula: "
+        f"{sft_flops_per_token / 1e6:.1f} MFLOP per SFT token here) / this machine's fp32 matmul peak on the "
+        f"model's own GEMM shapes, measured in this run: {peak:.1f} GFLOP/s\n\n"
+        "| measurement | value | ratio | share of peak | samples isolated | peak RSS MiB |\n"
+        "|---|---|---|---|---|---|\n"
     )
-    table = header + "\n".join(f"| {a_} | {b} | {c} | {d} |" for a_, b, c, d in rows) + "\n"
+    table = header + "\n".join("| " + " | ".join(row) + " |" for row in rows) + "\n"
     print(table)
     name = "last_run" + ("_quick" if a.quick else "") + ("_smollm2" if a.workload == "smollm2" else "")
     (HERE / f"{name}.md").write_text(table)
