@@ -132,9 +132,9 @@ def workload_flops(work: Path) -> tuple[list[tuple[int, int]], list[tuple[int, i
     return sft, pairs
 
 
-def matmul_peak(work: Path, env, python: str = sys.executable) -> float:
-    """fp32 GFLOP/s of the model's own GEMMs at one step's 8 x 1024 tokens (bench/limit.py), in ``python``'s torch."""
-    _, _, out, _ = measure([python, str(HERE / "limit.py"), str(work / "model"), "--tokens", "8192"], env)
+def matmul_peak(work: Path, env) -> float:
+    """fp32 GFLOP/s of the model's own GEMMs at one step's 8 x 1024 tokens (bench/limit.py), in its own process."""
+    _, _, out, _ = measure([sys.executable, str(HERE / "limit.py"), str(work / "model"), "--tokens", "8192"], env)
     return json.loads(out)["peak_gflops"]
 
 
@@ -246,28 +246,36 @@ def main() -> None:
             f"{ours_sft['rss_mib']:,.0f}",
         )
     )
-    sft_peers = {  # label -> (contender, subset, whether its packed samples are kept apart)
+    sft_peers = {  # label -> (contender, subset, whether its samples are kept apart (None: it says), environment)
         "TRL SFTTrainer, defaults (bf16 autocast, grad. checkpointing)": (
             "sft_trl_defaults",
             slow_subset,
             "yes (padded)",
+            {},
         ),
-        "raw PyTorch loop, fp32, padded to longest": ("sft_raw_loop", None, "yes (padded)"),
-        "TRL SFTTrainer, fp32, no checkpointing": ("sft_trl_fp32", None, "yes (padded)"),
+        "raw PyTorch loop, fp32, padded to longest": ("sft_raw_loop", None, "yes (padded)", {}),
+        "TRL SFTTrainer, fp32, no checkpointing": ("sft_trl_fp32", None, "yes (padded)", {}),
+        "TRL SFTTrainer, fp32, no checkpointing, + our allocator setting (for reference)": (
+            "sft_trl_fp32",
+            None,
+            "yes (padded)",
+            RETAIN_FREED,
+        ),
         "TRL SFTTrainer, fp32, packing=True (best-fit, padding-free)": (
             "sft_trl_fp32_packing",
             None,
             "no: one padding-free row; SDPA attends across it",
+            {},
         ),
-        "HF Trainer, ITREX concatenation, fp32": ("sft_hf_concat", None, "no: 1024-token blocks of the stream"),
-        "LLaMA-Factory 0.9.5, packing + neat_packing, fp32": ("llamafactory_sft_neat_packing", None, None),
-        "LLaMA-Factory 0.9.5, packing, fp32": ("llamafactory_sft_packing", None, None),
-        "torchtune 0.6.1, lora_finetune_single_device, packed, fp32": ("torchtune_sft_packed", None, None),
-        "axolotl 0.19.0, sample_packing, sdpa, fp32": ("axolotl_sft_sample_packing", None, None),
+        "HF Trainer, ITREX concatenation, fp32": ("sft_hf_concat", None, "no: 1024-token blocks of the stream", {}),
+        "LLaMA-Factory 0.9.5, packing + neat_packing, fp32": ("llamafactory_sft_neat_packing", None, None, {}),
+        "LLaMA-Factory 0.9.5, packing, fp32": ("llamafactory_sft_packing", None, None, {}),
+        "torchtune 0.6.1, lora_finetune_single_device, packed, fp32": ("torchtune_sft_packed", None, None, {}),
+        "axolotl 0.19.0, sample_packing, sdpa, fp32": ("axolotl_sft_sample_packing", None, None, {}),
     }
     fastest_isolated_peer = 0.0
-    for label, (name, subset, isolated) in sft_peers.items():
-        r = contender(name, work, env, subset)
+    for label, (name, subset, isolated, extra_env) in sft_peers.items():
+        r = contender(name, work, {**env, **extra_env}, subset)
         if "failed" in r:
             rows.append((f"SFT: {label}", f"did not finish: {r['failed']}", "", "", "", ""))
             continue
@@ -276,7 +284,7 @@ def main() -> None:
             sft_flops(shape, r["samples"], 16, LORA_TARGETS) / r["tokens"] if r.get("samples") else sft_flops_per_token
         )
         isolated = isolated or r.get("samples_isolated", "?")
-        if isolated.startswith("yes") and name != "sft_trl_defaults":
+        if isolated.startswith("yes") and name != "sft_trl_defaults" and not extra_env:
             fastest_isolated_peer = max(fastest_isolated_peer, rate)
         rows.append(
             (
