@@ -163,6 +163,38 @@ def llamafactory(work: Path, kind: str, neat: bool = True) -> dict:
     return result
 
 
+def _torchtune_model(shape: dict) -> dict:
+    """torchtune's LoRA builder for the model's shape: Llama 2's (RoPE base 10,000, as the bench model), or
+    Llama 3.2's where the head is tied to the embedding (SmolLM2), its RoPE scaling off (scale_factor 1 leaves
+    every frequency as it is)."""
+    common = {
+        "lora_attn_modules": ["q_proj", "k_proj", "v_proj", "output_proj"],
+        "apply_lora_to_mlp": False,
+        "apply_lora_to_output": False,
+        "vocab_size": shape["vocab_size"],
+        "num_layers": shape["num_hidden_layers"],
+        "num_heads": shape["num_attention_heads"],
+        "num_kv_heads": shape["num_key_value_heads"],
+        "embed_dim": shape["hidden_size"],
+        "max_seq_len": shape["max_position_embeddings"],
+        "intermediate_dim": shape["intermediate_size"],
+        "norm_eps": shape["rms_norm_eps"],
+        "lora_rank": 16,
+        "lora_alpha": 32,
+        "lora_dropout": 0.05,
+    }
+    if not shape.get("tie_word_embeddings"):
+        return {"_component_": "torchtune.models.llama2.lora_llama2", **common}
+    rope = shape.get("rope_theta") or (shape.get("rope_parameters") or {}).get("rope_theta") or 10_000
+    return {
+        "_component_": "torchtune.models.llama3_2.lora_llama3_2",
+        **common,
+        "rope_base": int(rope),
+        "scale_factor": 1,
+        "tie_word_embeddings": True,
+    }
+
+
 def torchtune(work: Path, kind: str) -> dict:
     """torchtune 0.6.1's `lora_finetune_single_device` (packed chat dataset) or `lora_dpo_single_device`
     recipe on the CPU in fp32, with the model built by its `lora_llama2` builder at the bench model's shape
@@ -210,23 +242,7 @@ def torchtune(work: Path, kind: str) -> dict:
         }
     config = {
         "output_dir": str(out / "run"),
-        "model": {
-            "_component_": "torchtune.models.llama2.lora_llama2",
-            "lora_attn_modules": ["q_proj", "k_proj", "v_proj", "output_proj"],
-            "apply_lora_to_mlp": False,
-            "apply_lora_to_output": False,
-            "vocab_size": shape["vocab_size"],
-            "num_layers": shape["num_hidden_layers"],
-            "num_heads": shape["num_attention_heads"],
-            "num_kv_heads": shape["num_key_value_heads"],
-            "embed_dim": shape["hidden_size"],
-            "max_seq_len": shape["max_position_embeddings"],
-            "intermediate_dim": shape["intermediate_size"],
-            "norm_eps": shape["rms_norm_eps"],
-            "lora_rank": 16,
-            "lora_alpha": 32,
-            "lora_dropout": 0.05,
-        },
+        "model": _torchtune_model(shape),
         "tokenizer": {
             "_component_": "torchtune_run.bench_tokenizer",
             "model_dir": str(work / "model"),
@@ -239,7 +255,7 @@ def torchtune(work: Path, kind: str) -> dict:
             "adapter_checkpoint": None,
             "recipe_checkpoint": None,
             "output_dir": str(out / "run"),
-            "model_type": "LLAMA2",
+            "model_type": "LLAMA3_2" if shape.get("tie_word_embeddings") else "LLAMA2",
         },
         "resume_from_checkpoint": False,
         "save_adapter_weights_only": True,
@@ -281,7 +297,9 @@ def torchtune(work: Path, kind: str) -> dict:
     recipe = "lora_finetune_single_device" if kind == "sft" else "lora_dpo_single_device"
     env = _activated("torchtune", work, PYTHONPATH=str(HERE), TORCHTUNE_RESULT=str(out / "result.json"))
     wall, rss, _, _ = measure(
-        [str(python_of("torchtune")), str(HERE / "torchtune_run.py"), recipe, "--config", str(out / "config.yaml")], env
+        [str(python_of("torchtune")), str(HERE / "torchtune_run.py"), recipe, "--config", str(out / "config.yaml")],
+        env,
+        log=out / "tool.log",
     )
     run = json.loads((out / "result.json").read_text())
     result = {

