@@ -194,22 +194,19 @@ def test_generate_stage_answers_prompts_with_the_merged_model(tmp_path):
     assert all(re.fullmatch(r"\d plus \d is \d+ \.", r["completion"]) for r in rows), rows
 
 
+def dpo_metrics(root: Path, *overrides: str) -> dict:
+    """The manifest metrics of a DPO stage run alone from the base model, logging every step."""
+    proc = run_cli("pipeline=[dpo]", "dpo.input=base", "dpo.logging_steps=1", *overrides, f"output_root={root}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((next((root / "artifacts").glob("dpo-*")) / "manifest.json").read_text())["metrics"]
+
+
 def test_reference_scored_before_training_matches_each_pair(tmp_path):
     """At step 1 the policy is the reference (LoRA B = 0): every reward is 0 only if each pair got its own
     precomputed reference log-probs back (they are scored sorted by length, then put back in order)."""
 
     def first_step(precompute: str) -> dict:
-        root = tmp_path / precompute
-        proc = run_cli(
-            "pipeline=[dpo]",
-            "dpo.input=base",
-            "dpo.max_steps=2",
-            "dpo.logging_steps=1",
-            f"dpo.precompute_ref_log_probs={precompute}",
-            f"output_root={root}",
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        metrics = json.loads((next((root / "artifacts").glob("dpo-*")) / "manifest.json").read_text())["metrics"]
+        metrics = dpo_metrics(tmp_path / precompute, "dpo.max_steps=2", f"dpo.precompute_ref_log_probs={precompute}")
         assert ("reference_scored_before_training_s" in metrics) == (precompute == "true")
         return metrics["history"][0]
 
@@ -237,17 +234,7 @@ def test_padding_free_dpo_trains_as_the_padded_one(tmp_path):
     step by step as the padded batches."""
 
     def history(padding_free: str) -> tuple[list[dict], str]:
-        root = tmp_path / padding_free
-        proc = run_cli(
-            "pipeline=[dpo]",
-            "dpo.input=base",
-            "dpo.max_steps=3",
-            "dpo.logging_steps=1",
-            f"dpo.padding_free={padding_free}",
-            f"output_root={root}",
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        metrics = json.loads((next((root / "artifacts").glob("dpo-*")) / "manifest.json").read_text())["metrics"]
+        metrics = dpo_metrics(tmp_path / padding_free, "dpo.max_steps=3", f"dpo.padding_free={padding_free}")
         return [h for h in metrics["history"] if "loss" in h], metrics["padding"]
 
     (free, free_padding), (padded, padded_padding) = history("true"), history("false")
