@@ -197,7 +197,7 @@ class DPOKind(TrainingKind):
             raise PlanError(
                 [
                     f"`{p.name}.padding_free` and `{p.name}.pad_to_max` contradict each other (padding every batch "
-                    f"to max_length, or none at all); set one of them to false"
+                    "to max_length, or none at all); set one of them to false"
                 ]
             )
         if stage.padding_free and not p.device.can("per_sample_attention"):
