@@ -117,6 +117,10 @@ def configurations(work: Path) -> dict[str, list[str]]:
         "20M DPO full, reference = copy": dpo("peft@dpo.peft=none", "dpo.precompute_ref_log_probs=false"),
         # (SmolLM2's BPE splits the bench's words into ~5 tokens each: shorter conversations, the same width)
         "SmolLM2-135M SFT packed": sft(*smol, "sft.packing=true", data="sft_short.jsonl", length=1024, batch=2),
+        # twice the tokens a micro batch: where the estimate let 8 x 1024 through to a run that did not fit 24 GB
+        "SmolLM2-135M SFT packed, 4 x 1024": sft(
+            *smol, "sft.packing=true", data="sft_short.jsonl", length=1024, batch=4
+        ),
     }
 
 

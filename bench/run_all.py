@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from limit import Shape, dpo_flops, sft_flops  # noqa: E402
-from workload import build_model, link_smollm2, tokenized_sft, write_dpo, write_sft  # noqa: E402
+from workload import GLOBAL_BATCH, build_model, link_smollm2, micro_batch, tokenized_sft, write_dpo, write_sft  # noqa: E402
 
 from neuralchat_recipes.backends.cpu import KEEP  # noqa: E402
 
@@ -156,8 +156,8 @@ def ours(kind: str, work: Path, env, extra: list[str] = (), precision: str = "fp
             "sft.dataset.format=messages",
             "sft.packing=true",
             "sft.max_seq_length=1024",
-            "sft.global_batch_size=8",
-            "sft.micro_batch_size=8",
+            f"sft.global_batch_size={GLOBAL_BATCH}",
+            f"sft.micro_batch_size={micro_batch()}",
             "sft.num_train_epochs=1",
             "sft.max_steps=null",
             "sft.learning_rate=1e-4",
@@ -177,8 +177,8 @@ def ours(kind: str, work: Path, env, extra: list[str] = (), precision: str = "fp
             f"dpo.dataset.path={work / 'dpo.jsonl'}",
             "dpo.max_length=1024",
             "dpo.max_prompt_length=512",
-            "dpo.global_batch_size=8",
-            "dpo.micro_batch_size=8",
+            f"dpo.global_batch_size={GLOBAL_BATCH}",
+            f"dpo.micro_batch_size={micro_batch()}",
             "dpo.num_train_epochs=1",
             "dpo.max_steps=null",
             "dpo.learning_rate=5e-4",

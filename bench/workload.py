@@ -10,10 +10,23 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from pathlib import Path
 
 VOCAB = 8000
+GLOBAL_BATCH = 8  # packed rows of 1024 tokens per optimizer step, for every contender
+
+
+def micro_batch() -> int:
+    """Rows per forward pass (the rest of GLOBAL_BATCH by gradient accumulation): 8 unless BENCH_MICRO_BATCH
+    says otherwise. The real shape needs fewer: 8 x 1024 tokens through SmolLM2 do not fit 24 GB."""
+    value = int(os.environ.get("BENCH_MICRO_BATCH", GLOBAL_BATCH))
+    if value < 1 or GLOBAL_BATCH % value:
+        raise SystemExit(f"BENCH_MICRO_BATCH={value}: must divide the global batch of {GLOBAL_BATCH}")
+    return value
+
+
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 
 
