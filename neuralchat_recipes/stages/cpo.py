@@ -12,8 +12,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from ..config.base import NOT_FINGERPRINTED
 from ..config.stage import MaxSteps, Template, TrainStageBase
 from .kind import PlanContext
+from .padding_free import padding_free_field, resolve_padding_free
 from .preference import train_without_reference
 from .training import ResolvedTraining, TrainingKind, resolve_training
 
@@ -50,6 +52,7 @@ class CPOStage(TrainStageBase):
     template: Template = Field(
         default="neural_chat", description="Prompt format the preference prompts are rendered with."
     )
+    padding_free: bool | None = padding_free_field()
 
 
 class ResolvedCPO(ResolvedTraining):
@@ -59,6 +62,7 @@ class ResolvedCPO(ResolvedTraining):
     simpo_gamma: float
     label_smoothing: float
     max_length: int
+    padding_free: bool = Field(json_schema_extra=NOT_FINGERPRINTED)
 
     def cpo_config_extra(self) -> dict[str, Any]:
         """CPOConfig keywords beyond the common training arguments."""
@@ -91,6 +95,7 @@ class CPOKind(TrainingKind):
             simpo_gamma=stage.simpo_gamma,
             label_smoothing=stage.label_smoothing,
             max_length=stage.max_length,
+            padding_free=resolve_padding_free(p, stage.padding_free),
         )
 
     def run(self, ctx) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from ..config.base import NOT_FINGERPRINTED
 from ..config.stage import MaxSteps, Template, TrainStageBase
 from .common import load_tokenizer, log, model_source
 from .kind import PlanContext, PlanError
+from .padding_free import apply_padding_free, padding_free_field, padding_metrics, resolve_padding_free
 from .peft_config import build_peft_config
 from .preference import pairs_dataset
 from .train_loop import completion_only_lm_head, train_and_save, training_config, training_model
@@ -72,13 +73,7 @@ class DPOStage(TrainStageBase):
         description="Pad every batch to max_length (static shapes); null follows the hardware profile.",
         json_schema_extra=NOT_FINGERPRINTED,
     )
-    padding_free: bool | None = Field(
-        default=None,
-        description="Run each batch's chosen and rejected sequences side by side in one row without padding, each "
-        "attending only to itself (same log-probs, no work on padding). null: on unless batches are padded to "
-        "max_length or the device has no per-sample attention.",
-        json_schema_extra=NOT_FINGERPRINTED,
-    )
+    padding_free: bool | None = padding_free_field()
     template: Template = Field(
         default="neural_chat", description="Prompt format the preference prompts are rendered with."
     )
@@ -193,20 +188,6 @@ class DPOKind(TrainingKind):
             else "frozen copy of the input model"
         )
         pad_to_max = hw.static_shapes if stage.pad_to_max is None else stage.pad_to_max
-        if stage.padding_free and pad_to_max:
-            raise PlanError(
-                [
-                    f"`{p.name}.padding_free` and `{p.name}.pad_to_max` contradict each other (padding every batch "
-                    "to max_length, or none at all); set one of them to false"
-                ]
-            )
-        if stage.padding_free and not p.device.can("per_sample_attention"):
-            raise PlanError(
-                [
-                    f"`{p.name}.padding_free`: hardware {hw.name!r} ({hw.device}) has no per-sample attention to keep "
-                    "unpadded sequences apart; set it to false or null"
-                ]
-            )
         return ResolvedDPO(
             **common,
             beta=stage.beta,
@@ -216,9 +197,7 @@ class DPOKind(TrainingKind):
             max_length=stage.max_length,
             max_prompt_length=stage.max_prompt_length,
             pad_to_max=pad_to_max,
-            padding_free=(not pad_to_max and p.device.can("per_sample_attention"))
-            if stage.padding_free is None
-            else stage.padding_free,
+            padding_free=resolve_padding_free(p, stage.padding_free, pad_to_max),
             group_by_length=not hw.static_shapes if stage.group_by_length is None else stage.group_by_length,
             precompute_ref_log_probs=precompute,
             reference_model=reference,
@@ -295,20 +274,13 @@ def run(ctx) -> dict[str, Any]:
     trainer_cls, config_cls = ctx.device.trainer("dpo")
     config = training_config(ctx, config_cls, args.dpo_config_extra())
     model = training_model(ctx, source)  # after the arguments: ZeRO-3 loads it sharded
-    padding = "batches padded to their longest sequence"
-    if args.pad_to_max:
-        padding = f"every batch padded to max_length ({args.max_length})"
-    elif args.padding_free:
-        from .padding_free import unpad_backbone
-
-        if unpad_backbone(model):
-            padding = "none: each batch's sequences in one row, per-sample attention"
-        else:
-            log.info(
-                "[%s] %s cannot run padding-free (no attention interface); batches stay padded",
-                ctx.name,
-                type(model).__name__,
-            )
+    padding = apply_padding_free(
+        ctx,
+        model,
+        f"every batch padded to max_length ({args.max_length})"
+        if args.pad_to_max
+        else "batches padded to their longest sequence",
+    )
     with completion_only_lm_head(ctx.device):  # the trainer scores the reference while it is built
         trainer = dpo_trainer_class(trainer_cls, args.max_prompt_length)(
             model=model,
@@ -326,7 +298,7 @@ def run(ctx) -> dict[str, Any]:
         extra: dict[str, Any] = {
             "reference_model": reference,
             "sample_unit": "pairs",
-            "padding": padding,
+            **padding_metrics(padding, model),
             **({"mix": mix} if mix else {}),
         }
         if trainer.ref_precompute_s:  # (older TRL, as on Gaudi, scores the reference inside train())

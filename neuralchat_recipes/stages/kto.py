@@ -13,9 +13,11 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from ..config.base import NOT_FINGERPRINTED
 from ..config.stage import MaxSteps, Template, TrainStageBase
 from .common import load_tokenizer, log, model_source
 from .kind import PlanContext
+from .padding_free import apply_padding_free, padding_free_field, padding_metrics, resolve_padding_free
 from .peft_config import build_peft_config
 from .preference import unpaired, unpaired_dataset
 from .train_loop import completion_only_lm_head, train_and_save, training_config, training_model
@@ -39,6 +41,7 @@ class KTOStage(TrainStageBase):
     )
     max_length: int = Field(default=1024, ge=8, description="Longest prompt + answer; longer prompts are cut first.")
     template: Template = Field(default="neural_chat", description="Prompt format the prompts are rendered with.")
+    padding_free: bool | None = padding_free_field()
 
 
 class ResolvedKTO(ResolvedTraining):
@@ -47,6 +50,7 @@ class ResolvedKTO(ResolvedTraining):
     undesirable_weight: float
     from_pairs: bool
     max_length: int
+    padding_free: bool = Field(json_schema_extra=NOT_FINGERPRINTED)
 
     def kto_config_extra(self) -> dict[str, Any]:
         """KTOConfig keywords beyond the common training arguments."""
@@ -79,6 +83,7 @@ class KTOKind(TrainingKind):
             undesirable_weight=stage.undesirable_weight,
             from_pairs=stage.from_pairs,
             max_length=stage.max_length,
+            padding_free=resolve_padding_free(p, stage.padding_free),
         )
 
     def run(self, ctx) -> dict[str, Any]:
@@ -96,6 +101,7 @@ class KTOKind(TrainingKind):
         trainer_cls, config_cls = ctx.device.trainer(self.trainer_family)
         config = training_config(ctx, config_cls, args.kto_config_extra())
         model = training_model(ctx, source)
+        padding = apply_padding_free(ctx, model)
         with completion_only_lm_head(ctx.device):
             trainer = trainer_cls(
                 model=model,
@@ -112,7 +118,7 @@ class KTOKind(TrainingKind):
             metrics = train_and_save(
                 ctx, trainer, tokenizer, ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins")
             )
-        return {**metrics, **({"mix": mix} if mix else {})}
+        return {**metrics, **padding_metrics(padding, model), **({"mix": mix} if mix else {})}
 
 
 KIND = KTOKind()

@@ -11,8 +11,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from ..config.base import NOT_FINGERPRINTED
 from ..config.stage import MaxSteps, Template, TrainStageBase
 from .kind import PlanContext
+from .padding_free import padding_free_field, resolve_padding_free
 from .preference import train_without_reference
 from .training import ResolvedTraining, TrainingKind, resolve_training
 
@@ -37,11 +39,13 @@ class ORPOStage(TrainStageBase):
     template: Template = Field(
         default="neural_chat", description="Prompt format the preference prompts are rendered with."
     )
+    padding_free: bool | None = padding_free_field()
 
 
 class ResolvedORPO(ResolvedTraining):
     beta: float
     max_length: int
+    padding_free: bool = Field(json_schema_extra=NOT_FINGERPRINTED)
 
     def orpo_config_extra(self) -> dict[str, Any]:
         """ORPOConfig keywords beyond the common training arguments."""
@@ -59,7 +63,10 @@ class ORPOKind(TrainingKind):
     def resolve(self, p: PlanContext) -> ResolvedORPO:
         stage = p.stage
         return ResolvedORPO(
-            **resolve_training(p, stage.template, self.trainer_family), beta=stage.beta, max_length=stage.max_length
+            **resolve_training(p, stage.template, self.trainer_family),
+            beta=stage.beta,
+            max_length=stage.max_length,
+            padding_free=resolve_padding_free(p, stage.padding_free),
         )
 
     def run(self, ctx) -> dict[str, Any]:

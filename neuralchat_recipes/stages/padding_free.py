@@ -17,6 +17,58 @@ from __future__ import annotations
 
 import functools
 import inspect
+from typing import Any
+
+from pydantic import Field
+
+from ..config.base import NOT_FINGERPRINTED
+from .common import log
+from .kind import PlanContext, PlanError
+
+
+def padding_free_field() -> Any:
+    """The `padding_free` setting of the kinds whose trainers pad their batches (dpo, orpo, cpo, kto)."""
+    return Field(
+        default=None,
+        description="Run each batch's sequences (a pair's chosen and rejected ones) side by side in one row without "
+        "padding, each attending only to itself (same log-probs, no work on padding). null: on unless batches are "
+        "padded to max_length or the device has no per-sample attention.",
+        json_schema_extra=NOT_FINGERPRINTED,
+    )
+
+
+def resolve_padding_free(p: PlanContext, requested: bool | None, pad_to_max: bool = False) -> bool:
+    """Whether the stage runs padding-free: as asked, or (null) wherever the device attends per sample and
+    batches are not padded to a static shape; a request the device or the padding cannot honour is an error."""
+    attends_per_sample = p.device.can("per_sample_attention")
+    if requested and pad_to_max:
+        raise PlanError(
+            [
+                f"`{p.name}.padding_free` and `{p.name}.pad_to_max` contradict each other (padding every batch "
+                "to max_length, or none at all); set one of them to false"
+            ]
+        )
+    if requested and not attends_per_sample:
+        hw = p.hardware
+        raise PlanError(
+            [
+                f"`{p.name}.padding_free`: hardware {hw.name!r} ({hw.device}) has no per-sample attention to keep "
+                "unpadded sequences apart; set it to false or null"
+            ]
+        )
+    return (attends_per_sample and not pad_to_max) if requested is None else requested
+
+
+def apply_padding_free(ctx, model, padded: str = "batches padded to their longest sequence") -> str:
+    """Unpad ``model``'s batches when the stage runs padding-free; how its batches are padded, for the manifest."""
+    if not ctx.args.padding_free:
+        return padded
+    if unpad_backbone(model):
+        return "none: each batch's sequences in one row, per-sample attention"
+    log.info(
+        "[%s] %s cannot run padding-free (no attention interface); batches stay padded", ctx.name, type(model).__name__
+    )
+    return padded
 
 
 def _right_padded(mask) -> bool:
@@ -54,6 +106,7 @@ def unpad_backbone(model) -> bool:
             return original(*args, **kwargs)
         import torch
 
+        forward.unpadded += 1
         keep = mask.bool()
         rows, length = input_ids.shape
         positions = torch.arange(length, device=input_ids.device).expand(rows, length)[keep]
@@ -65,5 +118,13 @@ def unpad_backbone(model) -> bool:
         out.last_hidden_state = padded.view(rows, length, hidden.shape[-1])
         return out
 
+    forward.unpadded = 0  # forward passes that ran unpadded (the manifest's `unpadded_forwards`)
     backbone.forward = forward
     return True
+
+
+def padding_metrics(padding: str, model) -> dict[str, Any]:
+    """The manifest's account of padding: how batches were padded, and how many forward passes ran unpadded
+    (a batch the wrapper cannot undo, such as a left-padded one, takes the padded path and is not counted)."""
+    unpadded = getattr(getattr(model, "base_model", model).forward, "unpadded", None)
+    return {"padding": padding, **({"unpadded_forwards": unpadded} if unpadded is not None else {})}

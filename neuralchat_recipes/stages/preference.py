@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .common import load_tokenizer, log, model_source, render_prompt
+from .padding_free import apply_padding_free, padding_metrics
 from .peft_config import build_peft_config
 from .train_loop import completion_only_lm_head, train_and_save, training_config, training_model
 
@@ -65,6 +66,7 @@ def train_without_reference(ctx, family: str, config_extra: dict[str, Any], what
     trainer_cls, config_cls = ctx.device.trainer(family)
     config = training_config(ctx, config_cls, config_extra)
     model = training_model(ctx, source)
+    padding = apply_padding_free(ctx, model)
     with completion_only_lm_head(ctx.device):
         trainer = trainer_cls(
             model=model,
@@ -76,4 +78,4 @@ def train_without_reference(ctx, family: str, config_extra: dict[str, Any], what
             **ctx.device.trainer_kwargs(args.device_args),
         )
         metrics = train_and_save(ctx, trainer, tokenizer, ("loss", "rewards/accuracies", "rewards/margins"))
-    return {**metrics, "sample_unit": "pairs", **({"mix": mix} if mix else {})}
+    return {**metrics, "sample_unit": "pairs", **padding_metrics(padding, model), **({"mix": mix} if mix else {})}

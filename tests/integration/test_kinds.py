@@ -185,3 +185,42 @@ def test_each_new_kind_also_trains_every_parameter(tmp_path, recipe, stage, step
     assert not (artifact / "adapter_config.json").exists()  # a whole model, no adapter
     loader = AutoModelForSequenceClassification if stage == "reward" else AutoModelForCausalLM
     assert loader.from_pretrained(artifact)
+
+
+@pytest.mark.parametrize(
+    "stage, keys",
+    [
+        ("orpo", ("loss", "nll_loss", "log_odds_ratio", "logps/chosen", "logps/rejected")),
+        ("simpo", ("loss", "logps/chosen", "logps/rejected", "rewards/margins")),
+        ("kto", ("loss", "logps/chosen", "logps/rejected", "rewards/margins")),
+    ],
+)
+def test_padding_free_preference_kinds_train_as_the_padded_ones(tmp_path, stage, keys):
+    """ORPO, SimPO (CPO) and KTO with each batch's sequences in one unpadded row: the same losses and
+    log-probs step by step as their trainers' padded batches."""
+
+    def history(padding_free: str) -> tuple[list[dict], dict]:
+        root = tmp_path / padding_free
+        proc = run_cli(
+            "recipe=tiny_preference",
+            f"pipeline=[{stage}]",
+            f"{stage}.input=base",
+            f"{stage}.max_steps=3",
+            f"{stage}.logging_steps=1",
+            f"{stage}.do_eval=false",
+            f"{stage}.padding_free={padding_free}",
+            f"output_root={root}",
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        metrics = manifests(root)[stage]["metrics"]
+        return [h for h in metrics["history"] if "loss" in h], metrics
+
+    (free, free_metrics), (padded, padded_metrics) = history("true"), history("false")
+    assert free_metrics["padding"].startswith("none") and padded_metrics["padding"].startswith("batches padded")
+    # the trainer's batches really took the unpadded path (3 steps of policy forwards at least)
+    assert free_metrics["unpadded_forwards"] >= 3 and "unpadded_forwards" not in padded_metrics
+    assert len(free) == len(padded) == 3
+    for a, b in zip(free, padded):
+        for key in keys:
+            assert key in a, (key, sorted(a))
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-4), (key, a, b)

@@ -233,12 +233,13 @@ def test_padding_free_dpo_trains_as_the_padded_one(tmp_path):
     """Each batch's chosen and rejected sequences in one unpadded row: the same log-probs, losses and rewards
     step by step as the padded batches."""
 
-    def history(padding_free: str) -> tuple[list[dict], str]:
+    def history(padding_free: str) -> tuple[list[dict], dict]:
         metrics = dpo_metrics(tmp_path / padding_free, "dpo.max_steps=3", f"dpo.padding_free={padding_free}")
-        return [h for h in metrics["history"] if "loss" in h], metrics["padding"]
+        return [h for h in metrics["history"] if "loss" in h], metrics
 
-    (free, free_padding), (padded, padded_padding) = history("true"), history("false")
-    assert free_padding.startswith("none") and padded_padding.startswith("batches padded")
+    (free, free_metrics), (padded, padded_metrics) = history("true"), history("false")
+    assert free_metrics["padding"].startswith("none") and padded_metrics["padding"].startswith("batches padded")
+    assert free_metrics["unpadded_forwards"] >= 3 and "unpadded_forwards" not in padded_metrics
     assert len(free) == len(padded) == 3
     for a, b in zip(free, padded):
         for key in ("loss", "logps/chosen", "logps/rejected", "rewards/margins"):

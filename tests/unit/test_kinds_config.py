@@ -120,3 +120,9 @@ def test_dpo_runs_padding_free_where_the_device_attends_per_sample():
     assert "`dpo.padding_free` and `dpo.pad_to_max` contradict each other" in msg
     msg = error_of("recipe=neural_chat_v3", "hardware=gaudi2_8x", "dpo.padding_free=true", "dpo.pad_to_max=false")
     assert "`dpo.padding_free`: hardware 'gaudi2_8x' (hpu) has no per-sample attention" in msg
+
+
+def test_the_other_preference_kinds_run_padding_free_too():
+    plan = plan_for("recipe=tiny_preference")
+    assert all(plan.stage(name).args.padding_free for name in ("simpo", "kto", "orpo"))  # cpu: per-sample attention
+    assert not plan_for("recipe=tiny_preference", "orpo.padding_free=false").stage("orpo").args.padding_free
