@@ -7,7 +7,7 @@ from .device import CAPABILITIES, Device
 
 class CudaDevice(Device):
     name = "cuda"
-    capabilities = frozenset(CAPABILITIES) - {"compact_lm_head", "retained_freed_memory"}
+    capabilities = frozenset(CAPABILITIES) - {"compact_lm_head", "retained_freed_memory", "lora_dropout_16bit_draws"}
 
     def device_problems(self) -> list[str]:
         import torch

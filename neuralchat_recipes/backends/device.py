@@ -24,6 +24,8 @@ CAPABILITIES = {
     "labelled_logits": "compute logits only where a label is predicted (boolean logits_to_keep, shapes change per "
     "batch)",
     "swiglu_recompute": "SwiGLU MLPs keep gate and up only and recompute the activation in the backward",
+    "lora_dropout_16bit_draws": "LoRA's dropout masks come from 16-bit draws, four per random word (on a CPU torch's "
+    "dropout costs more than the layer's GEMM; accelerators draw their masks fast already)",
     "compact_lm_head": "TRL's fused LM head may skip unlabelled positions (only on Triton devices by default)",
     "reference_before_training": "DPO scores the reference once before training by default",
     "combined_dpo_losses": "DPO with several loss types and loss_weights (TRL's DPOConfig since 0.22; "
@@ -62,6 +64,7 @@ class Device:
     name: ClassVar[str]
     capabilities: ClassVar[frozenset[str]] = frozenset(CAPABILITIES) - {
         "compact_lm_head",
+        "lora_dropout_16bit_draws",
         "bitsandbytes",
         "quantized_base",
         "retained_freed_memory",

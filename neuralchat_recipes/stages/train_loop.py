@@ -274,6 +274,11 @@ def guard_finite(trainer, ctx) -> None:
 def train_and_save(ctx, trainer, tokenizer, summarize: tuple[str, ...] = ("loss",)) -> dict[str, Any]:
     """Train (resuming from the newest complete checkpoint), save the result on rank 0, report metrics."""
     name = ctx.name
+    if ctx.device.can("lora_dropout_16bit_draws"):
+        from .lora_dropout import speed_up_lora_dropout
+
+        if n := speed_up_lora_dropout(trainer.model):
+            log.info("[%s] %d LoRA dropouts draw their masks 16 bits at a time", name, n)
     history = attach_progress(trainer, name)
     guard_finite(trainer, ctx)
     resume = latest_checkpoint(ctx.checkpoints)
