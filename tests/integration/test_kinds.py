@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import assert_trains_as_the_padded_run, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -199,7 +199,7 @@ def test_padding_free_preference_kinds_train_as_the_padded_ones(tmp_path, stage,
     """ORPO, SimPO (CPO) and KTO with each batch's sequences in one unpadded row: the same losses and
     log-probs step by step as their trainers' padded batches."""
 
-    def history(padding_free: str) -> tuple[list[dict], dict]:
+    def metrics(padding_free: str) -> dict:
         root = tmp_path / padding_free
         proc = run_cli(
             "recipe=tiny_preference",
@@ -212,15 +212,6 @@ def test_padding_free_preference_kinds_train_as_the_padded_ones(tmp_path, stage,
             f"output_root={root}",
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
-        metrics = manifests(root)[stage]["metrics"]
-        return [h for h in metrics["history"] if "loss" in h], metrics
+        return manifests(root)[stage]["metrics"]
 
-    (free, free_metrics), (padded, padded_metrics) = history("true"), history("false")
-    assert free_metrics["padding"].startswith("none") and padded_metrics["padding"].startswith("batches padded")
-    # the trainer's batches really took the unpadded path (3 steps of policy forwards at least)
-    assert free_metrics["unpadded_forwards"] >= 3 and "unpadded_forwards" not in padded_metrics
-    assert len(free) == len(padded) == 3
-    for a, b in zip(free, padded):
-        for key in keys:
-            assert key in a, (key, sorted(a))
-            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-4), (key, a, b)
+    assert_trains_as_the_padded_run(metrics("true"), metrics("false"), keys)

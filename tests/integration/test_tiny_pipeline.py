@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import assert_trains_as_the_padded_run, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -233,17 +233,12 @@ def test_padding_free_dpo_trains_as_the_padded_one(tmp_path):
     """Each batch's chosen and rejected sequences in one unpadded row: the same log-probs, losses and rewards
     step by step as the padded batches."""
 
-    def history(padding_free: str) -> tuple[list[dict], dict]:
-        metrics = dpo_metrics(tmp_path / padding_free, "dpo.max_steps=3", f"dpo.padding_free={padding_free}")
-        return [h for h in metrics["history"] if "loss" in h], metrics
+    def metrics(padding_free: str) -> dict:
+        return dpo_metrics(tmp_path / padding_free, "dpo.max_steps=3", f"dpo.padding_free={padding_free}")
 
-    (free, free_metrics), (padded, padded_metrics) = history("true"), history("false")
-    assert free_metrics["padding"].startswith("none") and padded_metrics["padding"].startswith("batches padded")
-    assert free_metrics["unpadded_forwards"] >= 3 and "unpadded_forwards" not in padded_metrics
-    assert len(free) == len(padded) == 3
-    for a, b in zip(free, padded):
-        for key in ("loss", "logps/chosen", "logps/rejected", "rewards/margins"):
-            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-4), (key, a, b)
+    assert_trains_as_the_padded_run(
+        metrics("true"), metrics("false"), ("loss", "logps/chosen", "logps/rejected", "rewards/margins")
+    )
 
 
 def test_talk_to_the_final_model_one_shot_and_interactively(demo):
