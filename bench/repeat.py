@@ -51,12 +51,12 @@ def main() -> None:
         "--micro-batch",
         type=int,
         default=None,
-        help="rows of 1024 tokens per forward pass for ours and torchtune (default 8: the whole global batch); "
+        help="rows of 1024 tokens per forward pass for ours and every peer tool (default 8: the whole global batch); "
         "SmolLM2 needs 2",
     )
     a = parser.parse_args()
     if a.micro_batch:
-        os.environ["BENCH_MICRO_BATCH"] = str(a.micro_batch)  # read by run_all.ours and peers.torchtune
+        os.environ["BENCH_MICRO_BATCH"] = str(a.micro_batch)  # read by run_all.ours and the peer configs in peers.py
     work = a.work or Path(tempfile.mkdtemp(prefix="ncr-repeat-"))
     work.mkdir(parents=True, exist_ok=True)
     env = bench_env(work)
