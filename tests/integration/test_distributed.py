@@ -130,16 +130,17 @@ def test_a_crashing_rank_fails_the_stage_within_seconds_and_publishes_nothing(tm
         timeout=600,
     )
     ended = time.time()
-    assert stamp.is_file(), proc.stderr[-3000:]  # the crash happened (during training)
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert ended - float(stamp.read_text()) < 30, "the stage did not fail promptly after the rank crashed"
-    assert f"error: stage sft failed under {launcher}" in proc.stderr
+    tail = proc.stderr[-3000:]
+    assert stamp.is_file(), tail  # the crash happened (during training)
+    assert proc.returncode == 1, tail
+    assert ended - float(stamp.read_text()) < 30, f"the stage did not fail promptly after the rank crashed:\n{tail}"
+    assert f"error: stage sft failed under {launcher}" in proc.stderr, tail
     if how == "exception":
-        assert "rank 1: RuntimeError: injected failure on rank 1" in proc.stderr
-        assert "[rank1] RuntimeError: injected failure on rank 1" in proc.stderr  # its traceback, prefixed
+        assert "rank 1: RuntimeError: injected failure on rank 1" in proc.stderr, tail
+        assert "[rank1] RuntimeError: injected failure on rank 1" in proc.stderr, tail  # its traceback, prefixed
     else:  # no Python error to report: the survivor's lost connection, with the hint that a peer died
-        assert "died without a Python error" in proc.stderr
-    assert "Nothing was published" in proc.stderr
+        assert "died without a Python error" in proc.stderr, tail
+    assert "Nothing was published" in proc.stderr, tail
     assert not list(out.glob("artifacts/sft-*"))  # no artifact, not even a partial one
     staging = next(out.glob("staging/sft-*"))
     assert not (staging / "result.json").exists()
