@@ -54,11 +54,14 @@ def recipe_of():
     return compose_recipe
 
 
-def assert_trains_as_the_padded_run(free: dict, padded: dict, keys) -> None:
+def assert_trains_as_the_padded_run(free: dict, padded: dict, keys, pairs: bool = True) -> None:
     """A padding-free stage's manifest metrics against the same stage run padded: the unpadded path really ran
-    (three steps of forward passes at least) and each of the three logged steps agrees on ``keys``."""
+    (three steps of forward passes at least), a pair's prompt ran once for both answers (``pairs``), and each
+    of the three logged steps agrees on ``keys``."""
     assert free["padding"].startswith("none") and padded["padding"].startswith("batches padded")
     assert free["unpadded_forwards"] >= 3 and "unpadded_forwards" not in padded
+    if pairs:
+        assert free["shared_prefix_tokens"] > 0, free
     free_steps, padded_steps = ([h for h in m["history"] if "loss" in h] for m in (free, padded))
     assert len(free_steps) == len(padded_steps) == 3
     for a, b in zip(free_steps, padded_steps):

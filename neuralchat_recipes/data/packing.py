@@ -271,13 +271,52 @@ class PackedCollator:
 PACKED_ATTENTION = "ncr_packed_sdpa"
 
 
+def sample_spans(positions: list[int] | Any) -> list[tuple[int, int | None]]:
+    """A packed row's spans from its position ids, in order: (length, None) for a sample, which starts where
+    the positions restart at 0, and (length, p) for a branch of the sample before it, which starts where the
+    positions drop back to p > 0: it continues that sample's first p tokens (a shared prompt, see
+    stages/padding_free.py) instead of the tokens just before it. Any other jump continues the span."""
+    import torch
+
+    positions = torch.as_tensor(positions)
+    steps = positions[1:] - positions[:-1]
+    cuts = ((steps != 1).nonzero().flatten() + 1).tolist()
+    spans: list[tuple[int, int | None]] = []
+    start, prefix = 0, None  # the open span: where it starts, the prefix it branches from
+    trunk = None  # the current sample's first span's length, once it has a branch
+    rooted = int(positions[0]) == 0 if len(positions) else False  # a sample that starts at 0 can have branches
+    for t, p in zip(cuts, positions[cuts].tolist()):
+        if p == 0:
+            spans.append((t - start, prefix))
+            start, prefix, trunk, rooted = t, None, None, True
+        elif rooted and p <= positions[t - 1] and p <= (t - start if trunk is None else trunk):
+            spans.append((t - start, prefix))
+            trunk = t - start if trunk is None else trunk
+            start, prefix = t, p
+    spans.append((len(positions) - start, prefix))
+    return spans
+
+
+def _causal_sdpa(q, k, v, prefix: int, **kw):
+    """Causal SDPA of one span (4-D inputs: SDPA's fused CPU kernel; 3-D ones take the slower math path).
+    With a prefix, ``k`` and ``v`` hold ``prefix`` keys before the span's own and every query sees them all."""
+    import torch
+    import torch.nn.functional as F
+
+    if not prefix:
+        return F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, **kw)[0].transpose(0, 1)
+    n = q.shape[1]
+    mask = torch.ones(n, prefix + n, dtype=torch.bool, device=q.device).tril(prefix)  # lower-right causal
+    return F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, **kw)[0].transpose(0, 1)
+
+
 def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
-    """Causal SDPA on each sample's span of a packed row: samples start where position ids restart.
+    """Causal SDPA on each sample's span of a packed row: samples start where position ids restart; a branch
+    (``sample_spans``) attends to its sample's first tokens and to itself, not to the span before it.
 
     Falls back to transformers' sdpa when there are no position ids, a mask, or a KV cache
     (generation), so a model saved with this setting still works anywhere."""
     import torch
-    import torch.nn.functional as F
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     position_ids = kwargs.get("position_ids")
@@ -285,27 +324,26 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    gqa = getattr(module, "num_key_value_groups", 1) > 1
-    p = dropout if module.training else 0.0
+    kw = {
+        "dropout_p": dropout if module.training else 0.0,
+        "scale": scaling,
+        "enable_gqa": getattr(module, "num_key_value_groups", 1) > 1,
+    }
     positions = position_ids.expand(query.shape[0], -1) if position_ids.shape[0] != query.shape[0] else position_ids
     rows = []
     # unbind/split rather than slicing: a slice's backward writes a zero tensor of the whole input per slice
     for b, (q, k, v) in enumerate(zip(query.unbind(0), key.unbind(0), value.unbind(0))):
-        starts = (positions[b] == 0).nonzero().flatten().tolist()
-        if not starts or starts[0] != 0:
-            starts = [0, *starts]
-        sizes = [e - s for s, e in zip(starts, [*starts[1:], q.shape[1]])]
-        rows.append(
-            torch.cat(
-                [  # 4D inputs: SDPA's fused CPU kernel (3D ones take the slower math path)
-                    F.scaled_dot_product_attention(
-                        qs[None], ks[None], vs[None], dropout_p=p, scale=scaling, is_causal=True, enable_gqa=gqa
-                    )[0].transpose(0, 1)
-                    for qs, ks, vs in zip(q.split(sizes, 1), k.split(sizes, 1), v.split(sizes, 1))
-                ],
-                dim=0,
-            )
-        )
+        spans = sample_spans(positions[b])
+        sizes = [n for n, _ in spans]
+        out, trunk = [], None
+        for (_, prefix), qs, ks, vs in zip(spans, q.split(sizes, 1), k.split(sizes, 1), v.split(sizes, 1)):
+            if prefix is None:
+                trunk = (ks, vs)
+                out.append(_causal_sdpa(qs, ks, vs, 0, **kw))
+            else:
+                tk, tv = (torch.cat([t.narrow(1, 0, prefix), s], 1) for t, s in zip(trunk, (ks, vs)))
+                out.append(_causal_sdpa(qs, tk, tv, prefix, **kw))
+        rows.append(torch.cat(out, dim=0))
     return torch.stack(rows), None  # [batch, length, heads, head_dim], as transformers expects
 
 

@@ -298,7 +298,6 @@ def run(ctx) -> dict[str, Any]:
         extra: dict[str, Any] = {
             "reference_model": reference,
             "sample_unit": "pairs",
-            **padding_metrics(padding, model),
             **({"mix": mix} if mix else {}),
         }
         if trainer.ref_precompute_s:  # (older TRL, as on Gaudi, scores the reference inside train())
@@ -311,4 +310,5 @@ def run(ctx) -> dict[str, Any]:
             )
         log.info("[%s] reference model: %s", ctx.name, reference)
         metrics = train_and_save(ctx, trainer, tokenizer, ("loss", "rewards/accuracies", "rewards/margins"))
-    return {**metrics, **extra}
+    # counted after training: the reference's forward passes (scored while the trainer is built) and the policy's
+    return {**metrics, **extra, **padding_metrics(padding, model)}

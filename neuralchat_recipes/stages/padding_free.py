@@ -5,9 +5,13 @@ the model then computes every padded position: its MLPs, its attention and (with
 LM head. Here the model's backbone is wrapped so that such a batch runs as ONE row of the batch's real
 tokens, chosen and rejected sequences of several pairs side by side, position ids restarting at each
 sequence, and ``ncr_packed_sdpa`` (data/packing.py) attending within each sequence only, as
-flash-attention's varlen kernel does. The hidden states are scattered back to the padded layout the trainer
-expects (zeros at padding, whose labels are -100 anyway), so the trainer's log-prob sums, losses and metrics
-are unchanged: per-sequence log-probs equal the padded run's (tests/unit/test_padding_free.py).
+flash-attention's varlen kernel does. A pair's chosen and rejected sequences begin with the same prompt:
+that prefix runs once, the rejected answer following it as a branch that attends to the prompt and itself
+(``_unpadded_row``). The hidden states are scattered back to the padded layout the trainer expects (zeros
+at padding, whose labels are -100 anyway), so the trainer's log-prob sums, losses and metrics are
+unchanged: per-sequence log-probs equal the padded run's (tests/unit/test_padding_free.py). One difference
+in distribution, not in expectation: with LoRA dropout a shared prompt draws one dropout mask for both
+answers where the padded run draws two.
 
 Only batches it can undo are unpadded: a 2-D right-padded attention mask, no cache (generation keeps the
 original path), no position ids or embeddings of the caller's own, no hidden states asked for.
@@ -31,8 +35,8 @@ def padding_free_field() -> Any:
     return Field(
         default=None,
         description="Run each batch's sequences (a pair's chosen and rejected ones) side by side in one row without "
-        "padding, each attending only to itself (same log-probs, no work on padding). null: on unless batches are "
-        "padded to max_length or the device has no per-sample attention.",
+        "padding, each attending only to itself, a pair's shared prompt computed once (same log-probs, no work on "
+        "padding). null: on unless batches are padded to max_length or the device has no per-sample attention.",
         json_schema_extra=NOT_FINGERPRINTED,
     )
 
@@ -104,27 +108,71 @@ def unpad_backbone(model) -> bool:
             or not _right_padded(mask)
         ):
             return original(*args, **kwargs)
-        import torch
-
         forward.unpadded += 1
-        keep = mask.bool()
-        rows, length = input_ids.shape
-        positions = torch.arange(length, device=input_ids.device).expand(rows, length)[keep]
-        kwargs.update(input_ids=input_ids[keep][None], attention_mask=None, position_ids=positions[None])
+        ids, positions, gather, shared = _unpadded_row(input_ids, mask)
+        forward.shared_prefix_tokens += shared
+        kwargs.update(input_ids=ids[None], attention_mask=None, position_ids=positions[None])
         out = original(**kwargs)
-        hidden = out.last_hidden_state[0]
-        where = keep.flatten().nonzero().squeeze(1)
+        hidden = out.last_hidden_state[0].index_select(0, gather)
+        rows, length = input_ids.shape
+        where = mask.bool().flatten().nonzero().squeeze(1)
         padded = hidden.new_zeros(rows * length, hidden.shape[-1]).index_copy(0, where, hidden)
         out.last_hidden_state = padded.view(rows, length, hidden.shape[-1])
         return out
 
     forward.unpadded = 0  # forward passes that ran unpadded (the manifest's `unpadded_forwards`)
+    forward.shared_prefix_tokens = 0  # tokens computed once for two sequences (`shared_prefix_tokens`)
     backbone.forward = forward
     return True
 
 
+def _unpadded_row(input_ids, mask):
+    """A right-padded batch as one row: (token ids, position ids, the row's index of each real token of the
+    batch in row-major order, tokens shared).
+
+    A trainer's batch of 2n rows is [chosen; rejected] (TRL's preference collators), so row i and row i + n
+    begin with the same prompt. Their common prefix runs once: row i's tokens, then row i + n's tokens after
+    the prefix as a branch whose position ids continue from the prefix length; ``packed_sdpa`` lets a branch
+    attend to its sample's prefix and to itself. A causal model's hidden states over a prefix do not depend on
+    what follows it, so both rows get exactly the states they would have alone, and the backward sums the two
+    rows' gradients into the shared positions. Rows that share nothing (or an odd batch) just sit side by side.
+    """
+    import torch
+
+    keep = mask.bool()
+    rows = input_ids.shape[0]
+    lengths = keep.sum(1)
+    shared = [0] * rows
+    if rows % 2 == 0 and rows > 0:
+        half = rows // 2
+        same = (input_ids[:half] == input_ids[half:]) & keep[:half] & keep[half:]
+        common = same.long().cumprod(1).sum(1)
+        # each row keeps at least one token of its own: the branch starts after its prefix
+        common = torch.minimum(common, torch.minimum(lengths[:half], lengths[half:]) - 1).clamp(min=0)
+        shared = [0] * half + common.tolist()
+        order = [r for i in range(half) for r in (i, i + half)]
+    else:
+        order = list(range(rows))
+    lengths = lengths.tolist()
+    ids, positions, index = [], [], [None] * rows
+    offset = 0
+    for r in order:
+        start = shared[r]
+        n = lengths[r] - start
+        ids.append(input_ids[r, start : lengths[r]])
+        positions.append(torch.arange(start, lengths[r], device=input_ids.device))
+        own = torch.arange(offset, offset + n, device=input_ids.device)
+        index[r] = torch.cat([index[r - rows // 2][:start], own]) if start else own
+        offset += n
+    return torch.cat(ids), torch.cat(positions), torch.cat(index), sum(shared)
+
+
 def padding_metrics(padding: str, model) -> dict[str, Any]:
-    """The manifest's account of padding: how batches were padded, and how many forward passes ran unpadded
-    (a batch the wrapper cannot undo, such as a left-padded one, takes the padded path and is not counted)."""
-    unpadded = getattr(getattr(model, "base_model", model).forward, "unpadded", None)
-    return {"padding": padding, **({"unpadded_forwards": unpadded} if unpadded is not None else {})}
+    """The manifest's account of padding: how batches were padded, how many forward passes ran unpadded (a
+    batch the wrapper cannot undo, such as a left-padded one, takes the padded path and is not counted), and
+    how many tokens a shared prompt saved computing twice."""
+    forward = getattr(model, "base_model", model).forward
+    unpadded = getattr(forward, "unpadded", None)
+    if unpadded is None:
+        return {"padding": padding}
+    return {"padding": padding, "unpadded_forwards": unpadded, "shared_prefix_tokens": forward.shared_prefix_tokens}
