@@ -1,11 +1,13 @@
-"""SFT throughput of this project and chosen peers, interleaved and repeated, with the spread.
+"""SFT (and DPO) throughput of this project and chosen peers, interleaved and repeated, with the spread.
 
-    python bench/repeat.py [--rounds 3] [--peers sft_trl_fp32_packing,sft_hf_concat]
+    python bench/repeat.py [--rounds 3] [--peers sft_trl_fp32_packing,sft_hf_concat] [--dpo [--dpo-peers torchtune_dpo]]
 
 One ratio from one run says little on a noisy machine: this runs our SFT stage and each peer in turn
 (ours, peer A, peer B, ours, peer A, ...) on bench/run_all.py's workload, every run in its own process,
 and reports each contender's median and range of non-pad tokens per second and the ratio of the medians.
-Writes bench/repeat_last_run.md (and prints it).
+With --dpo each round also runs our DPO stage and the DPO peers (tokens as bench/run_all.py counts them:
+chosen and rejected sequences, prompts included, over the training loop and the reference pass), and the
+report adds the ratio of our DPO's median rate to our SFT's. Writes bench/repeat_last_run.md (and prints it).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run_all import bench_env, contender, ours  # noqa: E402
-from workload import build_model, link_smollm2, write_sft  # noqa: E402
+from run_all import bench_env, contender, ours, workload_flops  # noqa: E402
+from workload import build_model, link_smollm2, write_dpo, write_sft  # noqa: E402
 
 # what each peer's packed rows can see of each other (bench/contenders.py)
 ISOLATION = {
@@ -54,6 +56,8 @@ def main() -> None:
         help="rows of 1024 tokens per forward pass for ours and every peer tool (default 8: the whole global batch); "
         "SmolLM2 needs 2",
     )
+    parser.add_argument("--dpo", action="store_true", help="also our DPO stage and --dpo-peers, each round")
+    parser.add_argument("--dpo-peers", default="torchtune_dpo")
     a = parser.parse_args()
     if a.micro_batch:
         os.environ["BENCH_MICRO_BATCH"] = str(a.micro_batch)  # read by run_all.ours and the peer configs in peers.py
@@ -66,37 +70,53 @@ def main() -> None:
     else:
         build_model(work / "model")
         write_sft(work / "sft.jsonl")
+    write_dpo(work / "dpo.jsonl", n=16 if a.workload == "smollm2" else 64)  # run_all.py's pairs
+    dpo_pairs = workload_flops(work)[1]
+    dpo_tokens = sum(p + c + x + p for p, c, x in dpo_pairs)
     peers = [p for p in a.peers.split(",") if p]
+    dpo_peers = [p for p in a.dpo_peers.split(",") if p] if a.dpo else []
     rates: dict[str, list[float]] = {"ours": [], **{p: [] for p in peers}}
+    if a.dpo:
+        rates.update({"ours_dpo": [], **{p: [] for p in dpo_peers}})
     memory: dict[str, list[float]] = {k: [] for k in rates}
     notes: dict[str, dict] = {}
     t0 = time.time()
     for round_ in range(a.rounds):
-        for name in ["ours", *peers]:
+        for name in ["ours", *peers, *(["ours_dpo", *dpo_peers] if a.dpo else [])]:
             if name == "ours":
                 r = ours("sft", work, env)
                 rate = r["tokens_seen"] / r["train_runtime_s"]
+            elif name == "ours_dpo":
+                r = ours("dpo", work, env)
+                seconds = r["train_runtime_s"] + r.get("reference_scored_before_training_s", 0)
+                rate = dpo_tokens * r.get("epochs", 1) / seconds
             else:
                 r = contender(name, work, env)
                 if "failed" in r:
                     print(f"round {round_ + 1}: {name} failed: {r['failed']}", flush=True)
                     continue
-                rate = r["tokens"] / r["train_s"]
+                # a DPO peer's pairs may be a subset: that share of the workload's tokens
+                rate = (dpo_tokens * r["pairs"] / len(dpo_pairs) if name in dpo_peers else r["tokens"]) / r["train_s"]
                 skip = ("tokens", "train_s", "rss_mib", "wall_s", "peak_rss_mib", "samples", "config")
                 notes[name] = {k: v for k, v in r.items() if k not in skip}
             rates[name].append(rate)
             memory[name].append(r["rss_mib"] / 1024)
             print(f"round {round_ + 1}: {name} {rate:,.0f} tok/s, peak RSS {r['rss_mib'] / 1024:.2f} GiB", flush=True)
-    ours_median = statistics.median(rates["ours"])
+
+    def median(name: str) -> float:
+        return statistics.median(rates[name]) if rates[name] else float("nan")
+
     lines = [
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {os.cpu_count()} cores, "
         f"{time.time() - t0:,.0f} s: `python bench/repeat.py --rounds {a.rounds} --peers {a.peers}"
         + (f" --workload {a.workload}" if a.workload != "bench20m" else "")
         + (f" --micro-batch {a.micro_batch}" if a.micro_batch else "")
+        + (f" --dpo --dpo-peers {a.dpo_peers}" if a.dpo else "")
         + "` (contenders "
         "interleaved: ours, then each peer, per round)",
         "",
-        "| contender | runs | tok/s median | range | ours / this (medians) | peak RSS GiB | samples isolated |",
+        "| contender | runs | tok/s median | range | ours / this (medians; DPO rows: ours_dpo / this) | peak RSS GiB "
+        "| samples isolated |",
         "|---|---:|---:|---|---:|---:|---|",
     ]
     for name, values in rates.items():
@@ -107,12 +127,17 @@ def main() -> None:
         isolated = (
             "yes: per-sample causal attention in packed blocks"
             if name == "ours"
+            else "yes: padding-free rows, per-sequence attention, a pair's prompt once"
+            if name == "ours_dpo"
             else ISOLATION.get(name) or notes.get(name, {}).get("samples_isolated", "?")
         )
+        reference = median("ours_dpo" if name == "ours_dpo" or name in dpo_peers else "ours")
         lines.append(
             f"| {name} | {len(values)} | {med:,.0f} | {min(values):,.0f}-{max(values):,.0f} | "
-            f"{ours_median / med:.2f} | {max(memory[name]):.2f} | {isolated} |"
+            f"{reference / med:.2f} | {max(memory[name]):.2f} | {isolated} |"
         )
+    if a.dpo:
+        lines += ["", f"Our DPO / our SFT (medians): {median('ours_dpo') / median('ours'):.2f}x (target >= 0.8x)"]
     lines += ["", "Peer settings reported by the runs:", "", "```", json.dumps(notes, indent=1), "```"]
     text = "\n".join(lines) + "\n"
     (HERE / ("repeat_last_run" + ("_smollm2" if a.workload == "smollm2" else "") + ".md")).write_text(text)
