@@ -83,19 +83,26 @@ def sft_flops(shape: Shape, samples: list[tuple[int, int]], r: int, targets: lis
     return total
 
 
-def dpo_flops(shape: Shape, pairs: list[tuple[int, int, int]], r: int, targets: list[str]) -> float:
+def dpo_flops(
+    shape: Shape, pairs: list[tuple[int, int, int]], r: int, targets: list[str], prompt_once: bool = False
+) -> float:
     """Useful FLOPs of LoRA DPO over ``pairs`` = [(prompt, chosen, rejected) tokens]: the policy trains on both
-    sequences (labels on the completion), and the reference reads both forward once."""
+    sequences (labels on the completion), and the reference reads both forward once. The DPO rate counts each
+    prompt twice, and so does this; ``prompt_once`` counts the work done when a pair's prompt is computed once
+    for both answers: the rejected answer's tokens then run alone, attending to the prompt and to themselves
+    (x * p + x^2 / 2 query-key pairs against a whole sequence's L^2 / 2)."""
     n_linear = sum(i * o for i, o in shape.linears().values()) * shape.layers
-    sequences = [(p + c, c) for p, c, _ in pairs] + [(p + x, x) for p, _, x in pairs]
-    policy = sft_flops(shape, sequences, r, targets)
-    reference = sum(
-        length * 2 * n_linear
-        + 2 * length * length * shape.hidden * shape.layers
-        + labelled * 2 * shape.hidden * shape.vocab
-        for length, labelled in sequences
-    )
-    return policy + reference
+    d, layers = shape.hidden, shape.layers
+    per_token = 4 * n_linear + lora_flops(shape, r, targets)
+    total = 0.0
+    for p, c, x in pairs:
+        for answer, prefix in ((c, 0), (x, 0 if not prompt_once else p)):
+            tokens = p + answer - prefix  # the tokens this sequence runs
+            pairs_qk = (p + answer) ** 2 - prefix**2  # twice its query-key pairs (causal: half the square)
+            head = answer * d * shape.vocab  # labels on the completion
+            total += tokens * per_token + 6 * pairs_qk * d * layers + 4 * head  # the policy
+            total += tokens * 2 * n_linear + 2 * pairs_qk * d * layers + 2 * head  # the reference's forward
+    return total
 
 
 def gemm_peak(shape: Shape, tokens: int, reps: int = 3) -> dict:

@@ -7,7 +7,9 @@ One ratio from one run says little on a noisy machine: this runs our SFT stage a
 and reports each contender's median and range of non-pad tokens per second and the ratio of the medians.
 With --dpo each round also runs our DPO stage and the DPO peers (tokens as bench/run_all.py counts them:
 chosen and rejected sequences, prompts included, over the training loop and the reference pass), and the
-report adds the ratio of our DPO's median rate to our SFT's. Writes bench/repeat_last_run.md (and prints it).
+report adds the ratio of our DPO's median rate to our SFT's. Each round also measures this machine's fp32
+matmul peak on the model's GEMM shapes (bench/limit.py); each row's share of it uses the median peak and the
+row's median rate. Writes bench/repeat_last_run.md (and prints it).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run_all import bench_env, contender, ours, workload_flops  # noqa: E402
+from limit import Shape, dpo_flops, sft_flops  # noqa: E402
+from run_all import LORA_TARGETS, bench_env, contender, matmul_peak, ours, workload_flops  # noqa: E402
 from workload import build_model, link_smollm2, write_dpo, write_sft  # noqa: E402
 
 # what each peer's packed rows can see of each other (bench/contenders.py)
@@ -35,6 +38,10 @@ ISOLATION = {
     "sft_hf_concat": "no: ITREX's concatenation into 1024-token blocks",
     "sft_trl_fp32": "yes: no packing, each batch padded",
     "sft_raw_loop": "yes: no packing, each batch padded",
+    **{
+        dpo: "yes: each batch padded to its longest sequence"
+        for dpo in ("torchtune_dpo", "llamafactory_dpo", "dpo_trl_fp32_ref", "dpo_trl_defaults")
+    },
 }
 
 
@@ -71,8 +78,14 @@ def main() -> None:
         build_model(work / "model")
         write_sft(work / "sft.jsonl")
     write_dpo(work / "dpo.jsonl", n=16 if a.workload == "smollm2" else 64)  # run_all.py's pairs
-    dpo_pairs = workload_flops(work)[1]
+    sft_samples, dpo_pairs = workload_flops(work)
     dpo_tokens = sum(p + c + x + p for p, c, x in dpo_pairs)
+    shape = Shape.of(work / "model")
+    sft_per_token = sft_flops(shape, sft_samples, 16, LORA_TARGETS) / sum(n for n, _ in sft_samples)
+    # a DPO token as the rate counts it (prompts twice), and as our stage computes it (a pair's prompt once)
+    dpo_per_token = dpo_flops(shape, dpo_pairs, 16, LORA_TARGETS) / dpo_tokens
+    dpo_done_per_token = dpo_flops(shape, dpo_pairs, 16, LORA_TARGETS, prompt_once=True) / dpo_tokens
+    peaks: list[float] = []
     peers = [p for p in a.peers.split(",") if p]
     dpo_peers = [p for p in a.dpo_peers.split(",") if p] if a.dpo else []
     rates: dict[str, list[float]] = {"ours": [], **{p: [] for p in peers}}
@@ -82,6 +95,8 @@ def main() -> None:
     notes: dict[str, dict] = {}
     t0 = time.time()
     for round_ in range(a.rounds):
+        peaks.append(matmul_peak(work, env))
+        print(f"round {round_ + 1}: fp32 matmul peak {peaks[-1]:.1f} GFLOP/s", flush=True)
         for name in ["ours", *peers, *(["ours_dpo", *dpo_peers] if a.dpo else [])]:
             if name == "ours":
                 r = ours("sft", work, env)
@@ -106,6 +121,15 @@ def main() -> None:
     def median(name: str) -> float:
         return statistics.median(rates[name]) if rates[name] else float("nan")
 
+    peak = statistics.median(peaks)
+
+    def share(name: str) -> str:
+        dpo = name == "ours_dpo" or name in dpo_peers
+        credited = f"{100 * median(name) * (dpo_per_token if dpo else sft_per_token) / 1e9 / peak:.0f}%"
+        if name != "ours_dpo":
+            return credited
+        return f"{credited} ({100 * median(name) * dpo_done_per_token / 1e9 / peak:.0f}% of the work done)"
+
     lines = [
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {os.cpu_count()} cores, "
         f"{time.time() - t0:,.0f} s: `python bench/repeat.py --rounds {a.rounds} --peers {a.peers}"
@@ -115,13 +139,19 @@ def main() -> None:
         + "` (contenders "
         "interleaved: ours, then each peer, per round)",
         "",
-        "| contender | runs | tok/s median | range | ours / this (medians; DPO rows: ours_dpo / this) | peak RSS GiB "
-        "| samples isolated |",
-        "|---|---:|---:|---|---:|---:|---|",
+        f"fp32 matmul peak on the model's GEMM shapes (bench/limit.py), per round: "
+        f"{', '.join(f'{x:.1f}' for x in peaks)} GFLOP/s; shares use the median, {peak:.1f}. A DPO token is "
+        f"counted as the rate counts it, prompts twice ({dpo_per_token / 1e6:.1f} MFLOP; an SFT token "
+        f"{sft_per_token / 1e6:.1f}); "
+        f"our DPO computes a pair's prompt once ({dpo_done_per_token / 1e6:.1f} MFLOP per counted token).",
+        "",
+        "| contender | runs | tok/s median | range | ours / this (medians; DPO rows: ours_dpo / this) "
+        "| share of peak | peak RSS GiB | samples isolated |",
+        "|---|---:|---:|---|---:|---|---:|---|",
     ]
     for name, values in rates.items():
         if not values:
-            lines.append(f"| {name} | 0 | - | - | - | - | failed |")
+            lines.append(f"| {name} | 0 | - | - | - | - | - | failed |")
             continue
         med = statistics.median(values)
         isolated = (
@@ -134,7 +164,7 @@ def main() -> None:
         reference = median("ours_dpo" if name == "ours_dpo" or name in dpo_peers else "ours")
         lines.append(
             f"| {name} | {len(values)} | {med:,.0f} | {min(values):,.0f}-{max(values):,.0f} | "
-            f"{reference / med:.2f} | {max(memory[name]):.2f} | {isolated} |"
+            f"{reference / med:.2f} | {share(name)} | {max(memory[name]):.2f} | {isolated} |"
         )
     if a.dpo:
         lines += ["", f"Our DPO / our SFT (medians): {median('ours_dpo') / median('ours'):.2f}x (target >= 0.8x)"]
