@@ -114,6 +114,16 @@ def test_dpo_counts_the_tokens_it_trains_on(run):
     assert dpo["metrics"]["last_rewards/accuracies"] > dpo["metrics"]["first_rewards/accuracies"]
 
 
+def test_dpo_runs_padding_free_with_each_pairs_prompt_once(run):
+    """With the real BPE tokenizer and chat template, a pair's chosen and rejected sequences still begin with the
+    same prompt tokens, so the unpadded row computes them once (the reference pass and every training step)."""
+    metrics = manifest(run, "dpo")["metrics"]
+    assert metrics["padding"].startswith("none"), metrics["padding"]
+    assert metrics["unpadded_forwards"] > metrics["steps"]  # the reference's forwards and the policy's
+    # every pair has a prompt of a dozen tokens at least (the template's system and user turns)
+    assert metrics["shared_prefix_tokens"] >= 12 * metrics["samples"], metrics
+
+
 def test_the_merge_equals_base_plus_adapter_with_tied_embeddings(run):
     import torch
     from peft import PeftModel
