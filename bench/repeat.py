@@ -28,7 +28,17 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from limit import Shape, dpo_flops, sft_flops  # noqa: E402
-from run_all import LORA_TARGETS, bench_env, contender, matmul_peak, ours, workload_flops  # noqa: E402
+from run_all import (  # noqa: E402
+    LORA_TARGETS,
+    bench_env,
+    contender,
+    dpo_counted_tokens,
+    matmul_peak,
+    ours,
+    ours_dpo_rate,
+    peer_dpo_rate,
+    workload_flops,
+)
 from workload import build_model, link_smollm2, write_dpo, write_sft  # noqa: E402
 
 # what each peer's packed rows can see of each other (bench/contenders.py)
@@ -79,7 +89,7 @@ def main() -> None:
         write_sft(work / "sft.jsonl")
     write_dpo(work / "dpo.jsonl", n=16 if a.workload == "smollm2" else 64)  # run_all.py's pairs
     sft_samples, dpo_pairs = workload_flops(work)
-    dpo_tokens = sum(p + c + x + p for p, c, x in dpo_pairs)
+    dpo_tokens = dpo_counted_tokens(dpo_pairs)
     shape = Shape.of(work / "model")
     sft_per_token = sft_flops(shape, sft_samples, 16, LORA_TARGETS) / sum(n for n, _ in sft_samples)
     # a DPO token as the rate counts it (prompts twice), and as our stage computes it (a pair's prompt once)
@@ -103,15 +113,13 @@ def main() -> None:
                 rate = r["tokens_seen"] / r["train_runtime_s"]
             elif name == "ours_dpo":
                 r = ours("dpo", work, env)
-                seconds = r["train_runtime_s"] + r.get("reference_scored_before_training_s", 0)
-                rate = dpo_tokens * r.get("epochs", 1) / seconds
+                rate = ours_dpo_rate(r, dpo_tokens)
             else:
                 r = contender(name, work, env)
                 if "failed" in r:
                     print(f"round {round_ + 1}: {name} failed: {r['failed']}", flush=True)
                     continue
-                # a DPO peer's pairs may be a subset: that share of the workload's tokens
-                rate = (dpo_tokens * r["pairs"] / len(dpo_pairs) if name in dpo_peers else r["tokens"]) / r["train_s"]
+                rate = peer_dpo_rate(r, dpo_pairs) if name in dpo_peers else r["tokens"] / r["train_s"]
                 skip = ("tokens", "train_s", "rss_mib", "wall_s", "peak_rss_mib", "samples", "config")
                 notes[name] = {k: v for k, v in r.items() if k not in skip}
             rates[name].append(rate)

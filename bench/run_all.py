@@ -110,6 +110,22 @@ def contender(name: str, work: Path, env, limit: int | None = None) -> dict:
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
+def dpo_counted_tokens(pairs: list[tuple[int, int, int]]) -> int:
+    """The tokens a DPO rate counts: the chosen and rejected sequences, each with its prompt."""
+    return sum(p + c + x + p for p, c, x in pairs)
+
+
+def ours_dpo_rate(manifest: dict, tokens: int) -> float:
+    """Our DPO stage's tokens per second: the training loop plus the reference pass scored before it."""
+    seconds = manifest["train_runtime_s"] + manifest.get("reference_scored_before_training_s", 0)
+    return tokens * manifest.get("epochs", 1) / seconds
+
+
+def peer_dpo_rate(result: dict, pairs: list[tuple[int, int, int]]) -> float:
+    """A DPO peer's tokens per second; a peer that trained on a subset (TRL's defaults) did that share."""
+    return dpo_counted_tokens(pairs) * result["pairs"] / len(pairs) / result["train_s"]
+
+
 def workload_flops(work: Path) -> tuple[list[tuple[int, int]], list[tuple[int, int, int]]]:
     """The SFT samples [(tokens, labelled)] and DPO pairs [(prompt, chosen, rejected) tokens] as our stages
     tokenize them: the work each row's FLOP/s is counted on (bench/limit.py's formula)."""
@@ -311,12 +327,12 @@ def main() -> None:
     # ---- DPO -----------------------------------------------------------------------------
     # tokens: the chosen and rejected sequences (prompt included) through the policy's forward and backward;
     # time: the training loop plus the reference pass before it (dpo.precompute_ref_log_probs)
-    dpo_tokens = sum(p + c + x + p for p, c, x in dpo_pairs)
+    dpo_tokens = dpo_counted_tokens(dpo_pairs)
     dpo_work = dpo_flops(shape, dpo_pairs, 16, LORA_TARGETS)
     dpo_done = dpo_flops(shape, dpo_pairs, 16, LORA_TARGETS, prompt_once=True)  # our stage: a pair's prompt once
     ours_dpo = ours("dpo", work, env)
     dpo_time = ours_dpo["train_runtime_s"] + ours_dpo.get("reference_scored_before_training_s", 0)
-    dpo_rate = dpo_tokens * ours_dpo.get("epochs", 1) / dpo_time
+    dpo_rate = ours_dpo_rate(ours_dpo, dpo_tokens)
     rows.append(
         (
             "DPO: this project (LoRA, reference = adapter disabled, scored before training)",
@@ -339,7 +355,7 @@ def main() -> None:
             continue
         pairs = r["pairs"]
         fraction = pairs / len(dpo_pairs)  # a subset (TRL's defaults) does that share of the work
-        rate = dpo_tokens * fraction / r["train_s"]
+        rate = peer_dpo_rate(r, dpo_pairs)
         rows.append(
             (
                 f"DPO: {label}",

@@ -13,18 +13,23 @@ def _model():
     return AutoModelForCausalLM.from_pretrained(resolve_builtin("builtin:tiny-llama"), dtype=torch.float32)
 
 
-def _right_padded_batch(lengths, pad=0, seed=1):
-    """A [chosen; rejected]-style batch as TRL's DataCollatorForPreference builds it: right padding."""
+def _right_padded(seqs, pad=0):
+    """Token sequences as one right-padded batch (ids, mask), as TRL's DataCollatorForPreference builds it."""
+    import torch
+
+    ids = torch.full((len(seqs), max(len(x) for x in seqs)), pad)
+    mask = torch.zeros_like(ids)
+    for row, x in enumerate(seqs):
+        ids[row, : len(x)], mask[row, : len(x)] = x, 1
+    return ids, mask
+
+
+def _right_padded_batch(lengths, seed=1):
+    """A [chosen; rejected]-style batch of random sequences of these lengths, right-padded."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    width = max(lengths)
-    ids = torch.full((len(lengths), width), pad)
-    mask = torch.zeros((len(lengths), width), dtype=torch.long)
-    for row, n in enumerate(lengths):
-        ids[row, :n] = torch.randint(5, 60, (n,), generator=g)
-        mask[row, :n] = 1
-    return ids, mask
+    return _right_padded([torch.randint(5, 60, (n,), generator=g) for n in lengths])
 
 
 def _sequence_logps(model, ids, mask):
@@ -137,12 +142,7 @@ def _pairs_batch(prompts, chosen, rejected, seed=3):
         for i, n in enumerate(side):
             prompt = torch.randint(5, 60, (prompts[i],), generator=torch.Generator().manual_seed(100 + i))
             seqs.append(torch.cat([prompt, torch.randint(5, 60, (n,), generator=g)]))
-    width = max(len(x) for x in seqs)
-    ids = torch.zeros((len(seqs), width), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, x in enumerate(seqs):
-        ids[row, : len(x)], mask[row, : len(x)] = x, 1
-    return ids, mask
+    return _right_padded(seqs)
 
 
 def test_a_pairs_shared_prompt_runs_once_with_the_padded_log_probs_and_gradients():
