@@ -73,6 +73,13 @@ class HardwareConfig(StrictModel):
         "large tensor and faulting its zeroed pages back in the next step (30-40% of a training step in bench/); "
         "peak RSS grows by what fragmentation holds (~10% there). false: the C library's defaults.",
     )
+    packed_attention: Literal["auto", "flash_varlen", "torch_varlen", "flex", "sdpa"] = Field(
+        default="auto",
+        description="The kernel that keeps packed (and padding-free) samples apart in attention: `flash_varlen` "
+        "(flash-attention's varlen, CUDA fp16/bf16, `pip install flash-attn`), `torch_varlen` (torch's own varlen "
+        "flash kernel, CUDA fp16/bf16), `flex` (FlexAttention document masking, CUDA), `sdpa` (SDPA per sample, "
+        "anywhere). `auto`: the first of these that runs on the device and dtype.",
+    )
     gaudi: GaudiSettings | None = Field(default=None, description="Habana-specific settings (device hpu).")
 
     @property
@@ -92,6 +99,16 @@ class HardwareConfig(StrictModel):
             )
         if self.launcher == "gaudi_spawn" and self.device != "hpu":
             raise ValueError("the gaudi_spawn launcher only starts HPU processes")
+        if self.packed_attention not in ("auto", "sdpa") and self.device != "cuda":
+            raise ValueError(
+                f"packed_attention `{self.packed_attention}` runs on CUDA only, not {self.device}; "
+                "set it to auto or sdpa"
+            )
+        if self.device == "hpu" and self.packed_attention != "auto":
+            raise ValueError(
+                "packed_attention does not apply to hpu: Gaudi keeps packed samples apart with a block-diagonal mask "
+                "for its own attention kernels; leave it auto"
+            )
         if self.device == "hpu" and self.gaudi is None:
             raise ValueError("an hpu profile needs a `gaudi` block (lazy mode, fused ops, autocast)")
         if self.include is not None:

@@ -9,10 +9,10 @@ no padding.
 
 Two ways to keep samples apart:
 - ``"segments"`` (models on transformers' attention interface, off Gaudi): no mask at all; an
-  attention function registered as ``ncr_packed_sdpa`` runs causal SDPA on each sample's span of
-  the block (found from the restarting position ids), like flash-attention's varlen kernel. It
-  costs the sum of squared sample lengths instead of the block length squared, and keeps SDPA's
-  fast causal kernel, so isolated packing is as fast as ITREX's leaky concatenation.
+  attention function registered as ``ncr_packed_sdpa`` (data/packed_attention.py) runs causal
+  attention on each sample's span of the block (found from the restarting position ids): a varlen
+  kernel on CUDA, SDPA per span on a CPU. It costs the sum of squared sample lengths instead of the
+  block length squared, so isolated packing is as fast as ITREX's leaky concatenation.
 - ``"4d"``: a block-diagonal causal mask passed as ``attention_mask`` (bool for sdpa, additive
   float for eager), which transformers hands to attention unchanged (e.g. Gaudi's own kernels).
 """
@@ -268,97 +268,6 @@ class PackedCollator:
         return self.real_tokens / self.padded_tokens if self.padded_tokens else None
 
 
-PACKED_ATTENTION = "ncr_packed_sdpa"
-
-
-def sample_spans(positions: list[int] | Any) -> list[tuple[int, int | None]]:
-    """A packed row's spans from its position ids, in order: (length, None) for a sample, which starts where
-    the positions restart at 0, and (length, p) for a branch of the sample before it, which starts where the
-    positions drop back to p > 0: it continues that sample's first p tokens (a shared prompt, see
-    stages/padding_free.py) instead of the tokens just before it. Any other jump continues the span."""
-    import torch
-
-    positions = torch.as_tensor(positions)
-    steps = positions[1:] - positions[:-1]
-    cuts = ((steps != 1).nonzero().flatten() + 1).tolist()
-    spans: list[tuple[int, int | None]] = []
-    start, prefix = 0, None  # the open span: where it starts, the prefix it branches from
-    trunk = None  # the current sample's first span's length, once it has a branch
-    rooted = int(positions[0]) == 0 if len(positions) else False  # a sample that starts at 0 can have branches
-    for t, p in zip(cuts, positions[cuts].tolist()):
-        if p == 0:
-            spans.append((t - start, prefix))
-            start, prefix, trunk, rooted = t, None, None, True
-        elif rooted and p <= positions[t - 1] and p <= (t - start if trunk is None else trunk):
-            spans.append((t - start, prefix))
-            trunk = t - start if trunk is None else trunk
-            start, prefix = t, p
-    spans.append((len(positions) - start, prefix))
-    return spans
-
-
-def _causal_sdpa(q, k, v, prefix: int, **kw):
-    """Causal SDPA of one span (4-D inputs: SDPA's fused CPU kernel; 3-D ones take the slower math path).
-    With a prefix, ``k`` and ``v`` hold ``prefix`` keys before the span's own and every query sees them all."""
-    import torch
-    import torch.nn.functional as F
-
-    if not prefix:
-        return F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, **kw)[0].transpose(0, 1)
-    n = q.shape[1]
-    mask = torch.ones(n, prefix + n, dtype=torch.bool, device=q.device).tril(prefix)  # lower-right causal
-    return F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, **kw)[0].transpose(0, 1)
-
-
-def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
-    """Causal SDPA on each sample's span of a packed row: samples start where position ids restart; a branch
-    (``sample_spans``) attends to its sample's first tokens and to itself, not to the span before it.
-
-    Falls back to transformers' sdpa when there are no position ids, a mask, or a KV cache
-    (generation), so a model saved with this setting still works anywhere."""
-    import torch
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    position_ids = kwargs.get("position_ids")
-    if position_ids is None or attention_mask is not None or query.shape[2] != key.shape[2] or query.shape[2] == 1:
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-        )
-    kw = {
-        "dropout_p": dropout if module.training else 0.0,
-        "scale": scaling,
-        "enable_gqa": getattr(module, "num_key_value_groups", 1) > 1,
-    }
-    positions = position_ids.expand(query.shape[0], -1) if position_ids.shape[0] != query.shape[0] else position_ids
-    rows = []
-    # unbind/split rather than slicing: a slice's backward writes a zero tensor of the whole input per slice
-    for b, (q, k, v) in enumerate(zip(query.unbind(0), key.unbind(0), value.unbind(0))):
-        spans = sample_spans(positions[b])
-        sizes = [n for n, _ in spans]
-        out, trunk = [], None
-        for (_, prefix), qs, ks, vs in zip(spans, q.split(sizes, 1), k.split(sizes, 1), v.split(sizes, 1)):
-            if prefix is None:
-                trunk = (ks, vs)
-                out.append(_causal_sdpa(qs, ks, vs, 0, **kw))
-            else:
-                tk, tv = (torch.cat([t.narrow(1, 0, prefix), s], 1) for t, s in zip(trunk, (ks, vs)))
-                out.append(_causal_sdpa(qs, tk, tv, prefix, **kw))
-        rows.append(torch.cat(out, dim=0))
-    return torch.stack(rows), None  # [batch, length, heads, head_dim], as transformers expects
-
-
-def packed_sdpa_mask(*args, attention_mask=None, **kwargs):
-    """The mask transformers builds for ``ncr_packed_sdpa``: none for a batch without a padding mask (packed
-    rows: the attention finds the samples from the position ids), SDPA's own mask for a padded batch, which
-    ``packed_sdpa`` then hands to SDPA. Without a registered mask function transformers passes no mask at all
-    to a custom attention, and a left-padded batch would attend to its padding."""
-    from transformers.masking_utils import sdpa_mask
-
-    if attention_mask is None:
-        return None
-    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
-
-
 def supports_labelled_logits(model) -> bool:
     """Whether the model's forward slices hidden states by a boolean ``logits_to_keep`` (transformers'
     ``slice_logits_to_keep``) before its LM head, so ``PackedCollator(labelled_logits=True)`` applies."""
@@ -370,16 +279,3 @@ def supports_labelled_logits(model) -> bool:
         ).parameters and "slice_logits_to_keep(" in inspect.getsource(type(model).forward)
     except (OSError, TypeError):
         return False
-
-
-def use_packed_attention(model) -> bool:
-    """Switch a model to ``ncr_packed_sdpa`` if it runs on transformers' attention interface."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
-    if not getattr(model, "_supports_attention_backend", False):
-        return False
-    AttentionInterface.register(PACKED_ATTENTION, packed_sdpa)
-    AttentionMaskInterface.register(PACKED_ATTENTION, packed_sdpa_mask)
-    model.set_attn_implementation(PACKED_ATTENTION)
-    return True

@@ -4,7 +4,7 @@ TRL's preference collators right-pad every chosen and rejected sequence of a bat
 the model then computes every padded position: its MLPs, its attention and (without the compact head) its
 LM head. Here the model's backbone is wrapped so that such a batch runs as ONE row of the batch's real
 tokens, chosen and rejected sequences of several pairs side by side, position ids restarting at each
-sequence, and ``ncr_packed_sdpa`` (data/packing.py) attending within each sequence only, as
+sequence, and ``ncr_packed_sdpa`` (data/packed_attention.py) attending within each sequence only, as
 flash-attention's varlen kernel does. A pair's chosen and rejected sequences begin with the same prompt:
 that prefix runs once, the rejected answer following it as a branch that attends to the prompt and itself
 (``_unpadded_row``). The hidden states are scattered back to the padded layout the trainer expects (zeros
@@ -67,7 +67,7 @@ def apply_padding_free(ctx, model, padded: str = "batches padded to their longes
     """Unpad ``model``'s batches when the stage runs padding-free; how its batches are padded, for the manifest."""
     if not ctx.args.padding_free:
         return padded
-    if unpad_backbone(model):
+    if unpad_backbone(model, ctx.args.packed_attention):
         return "none: each batch's sequences in one row, per-sample attention"
     log.info(
         "[%s] %s cannot run padding-free (no attention interface); batches stay padded", ctx.name, type(model).__name__
@@ -79,15 +79,15 @@ def _right_padded(mask) -> bool:
     return bool(mask[:, 0].all()) and bool((mask[:, 1:] <= mask[:, :-1]).all())
 
 
-def unpad_backbone(model) -> bool:
+def unpad_backbone(model, kernel: str = "auto") -> bool:
     """Make ``model``'s backbone run right-padded batches padding-free; False where the model cannot keep
     unpadded sequences apart (no transformers attention interface, no position ids)."""
-    from ..data.packing import use_packed_attention
+    from ..data.packed_attention import use_packed_attention
 
     backbone = getattr(model, "base_model", model)
     if backbone is model or "position_ids" not in inspect.signature(backbone.forward).parameters:
         return False
-    if not use_packed_attention(model):
+    if not use_packed_attention(model, kernel):
         return False
     original = backbone.forward
 

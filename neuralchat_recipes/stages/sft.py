@@ -262,6 +262,7 @@ def _run_trl(ctx, source: str, tokenizer, data) -> dict[str, Any]:
 
 def _run_plain_trainer(ctx, source: str, tokenizer, data) -> dict[str, Any]:
     from ..data.collate import MaskedCollator
+    from ..data.packed_attention import use_packed_attention
     from ..data.packing import (
         PackedBlocks,
         PackedCollator,
@@ -270,7 +271,6 @@ def _run_plain_trainer(ctx, source: str, tokenizer, data) -> dict[str, Any]:
         plan_blocks,
         stream_of,
         supports_labelled_logits,
-        use_packed_attention,
     )
     from ..data.sft_data import column
 
@@ -292,7 +292,7 @@ def _run_plain_trainer(ctx, source: str, tokenizer, data) -> dict[str, Any]:
         eager = getattr(model.config, "_attn_implementation", "sdpa") == "eager"
         # per-sample causal attention where the model runs on transformers' attention interface and the device
         # allows it; a block-diagonal mask otherwise
-        segments = ctx.device.can("per_sample_attention") and use_packed_attention(model)
+        segments = ctx.device.can("per_sample_attention") and use_packed_attention(model, args.packed_attention)
         # the LM head and loss only where a label is predicted (~20-40% of positions are prompt tokens);
         # not with static shapes, where the logits' shape must not change from batch to batch
         labelled = not args.pad_to_max and ctx.device.can("labelled_logits") and supports_labelled_logits(model)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..data.packed_attention import kernels_used
 from .common import SettingError, StageError, load_model
 
 log = logging.getLogger("neuralchat_recipes")
@@ -316,6 +317,8 @@ def train_and_save(ctx, trainer, tokenizer, summarize: tuple[str, ...] = ("loss"
     )
     for key in summarize:
         metrics.update(loss_summary(history, key))
+    if kernels := kernels_used():  # packed or padding-free batches: what kept their samples apart in attention
+        metrics["attention_kernels"] = kernels
     metrics["history"] = history
     return metrics
 

@@ -62,6 +62,7 @@ class ResolvedTraining(Resolved):
     deepspeed: dict[str, Any] | None
     report_to: list[str] = Field(json_schema_extra=NF)
     device_args: DeviceArgs = Field(json_schema_extra=NF)
+    packed_attention: str = Field(default="auto", json_schema_extra=NF)  # the kernel packed rows attend with
     peft: PeftConfig  # the adapter, target modules resolved from the model entry (the plan shows it as `peft`)
 
     def fingerprint_payload(self) -> dict[str, Any]:
@@ -276,6 +277,7 @@ def resolve_training(p: PlanContext, template: str, family: str | None = None) -
         deepspeed=deepspeed,
         report_to=list(p.recipe.report_to),
         device_args=p.device.training_args(stage, p.world > 1),
+        packed_attention=hw.packed_attention,
         peft=_peft(stage, p.recipe.model),
     )
 

@@ -165,4 +165,5 @@ def test_instruct_recipe_packs_samples_like_itrex_concatenation(tmp_path):
     assert packing["samples"] == 100 and manifest["metrics"]["samples"] == packing["blocks"] < 40
     assert packing["non_pad_fraction_seen"] > 0.85
     assert packing["isolation"] == "per-sample causal attention" and packing["logits"] == "labelled positions only"
+    assert manifest["metrics"]["attention_kernels"] == ["sdpa"]  # a CPU's choice: SDPA per sample
     assert manifest["metrics"]["last_loss"] < manifest["metrics"]["first_loss"]

@@ -119,6 +119,7 @@ def test_dpo_runs_padding_free_with_each_pairs_prompt_once(run):
     same prompt tokens, so the unpadded row computes them once (the reference pass and every training step)."""
     metrics = manifest(run, "dpo")["metrics"]
     assert metrics["padding"].startswith("none"), metrics["padding"]
+    assert metrics["attention_kernels"] == ["sdpa"]
     assert metrics["unpadded_forwards"] > metrics["steps"]  # the reference's forwards and the policy's
     # every pair has a prompt of a dozen tokens at least (the template's system and user turns)
     assert metrics["shared_prefix_tokens"] >= 12 * metrics["samples"], metrics

@@ -42,7 +42,7 @@ def _summed_loss(model, batch):
 
 @pytest.fixture
 def segment_attention(tiny_model):
-    from neuralchat_recipes.data.packing import use_packed_attention
+    from neuralchat_recipes.data.packed_attention import use_packed_attention
 
     assert use_packed_attention(tiny_model)
     yield tiny_model

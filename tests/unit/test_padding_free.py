@@ -107,7 +107,7 @@ def test_the_unpadded_row_reaches_attention_without_a_mask():
     import torch
     from transformers import AttentionInterface
 
-    from neuralchat_recipes.data.packing import PACKED_ATTENTION, packed_sdpa
+    from neuralchat_recipes.data.packed_attention import PACKED_ATTENTION, packed_sdpa
     from neuralchat_recipes.stages.padding_free import unpad_backbone
 
     model = _model().eval()
@@ -187,7 +187,7 @@ def test_a_rejected_answer_does_not_see_the_chosen_one_it_shares_a_prompt_with()
 
 
 def test_sample_spans_reads_samples_and_branches_from_position_ids():
-    from neuralchat_recipes.data.packing import sample_spans
+    from neuralchat_recipes.data.packed_attention import sample_spans
 
     assert sample_spans([0, 1, 2, 3, 0, 1, 2]) == [(4, None), (3, None)]
     # a sample of 5 tokens, a branch after its first 2, a new sample (a forward jump continues it)
