@@ -38,8 +38,19 @@ def words() -> list[str]:
     return base + extra
 
 
-def build_model(target: Path, hidden: int = 256, layers: int = 4, intermediate: int = 4928) -> Path:
-    """Random-init Llama (hidden 256, 4 layers, vocab 8000: ~20.3M parameters) + tokenizer."""
+def build_model(
+    target: Path,
+    hidden: int = 256,
+    layers: int = 4,
+    intermediate: int = 4928,
+    heads: int = 4,
+    kv_heads: int = 4,
+    vocab_size: int | None = None,
+    tied: bool = False,
+) -> Path:
+    """Random-init Llama (by default hidden 256, 4 layers, vocab 8000: ~20.3M parameters) + tokenizer. A larger
+    ``vocab_size`` than the tokenizer's 8000 words gives a real model's head at its size (the extra rows are never
+    a label)."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -56,14 +67,14 @@ def build_model(target: Path, hidden: int = 256, layers: int = 4, intermediate: 
     )
     tokenizer.chat_template = jinja_chat_template("neural_chat")
     config = LlamaConfig(
-        vocab_size=len(vocab),
+        vocab_size=max(vocab_size or 0, len(vocab)),
         hidden_size=hidden,
         intermediate_size=intermediate,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=2048,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
         bos_token_id=vocab["<s>"],
         eos_token_id=vocab["</s>"],
         pad_token_id=vocab["<pad>"],
@@ -74,6 +85,10 @@ def build_model(target: Path, hidden: int = 256, layers: int = 4, intermediate: 
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target
+
+
+# SmolLM2-135M's shape (its config.json): 30 thin layers, 9 query heads over 3 key/value heads, a tied 49k head
+SMOLLM2_SHAPE = dict(hidden=576, layers=30, intermediate=1536, heads=9, kv_heads=3, vocab_size=49152, tied=True)
 
 
 def link_smollm2(target: Path) -> Path:

@@ -179,8 +179,28 @@ def _flash_varlen(q, k, v, cu_q, cu_k, max_q, max_k, dropout, scale, gqa):
 def _torch_varlen(q, k, v, cu_q, cu_k, max_q, max_k, dropout, scale, gqa):
     from torch.nn.attention.varlen import varlen_attn
 
-    # window (-1, 0) is its causal mask, aligned bottom right as flash's is
-    return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=(-1, 0), enable_gqa=gqa)
+    takes = _parameters(varlen_attn)
+    kw = {}
+    if "window_size" in takes:  # torch >= 2.12: window (-1, 0) is its causal mask, aligned bottom right as flash's
+        kw["window_size"] = (-1, 0)
+    else:  # torch 2.10-2.11
+        kw["is_causal"] = True
+    if gqa and "enable_gqa" in takes:
+        kw["enable_gqa"] = True
+    elif gqa:  # an older varlen takes as many key/value heads as query heads
+        k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], 1) for t in (k, v))
+    if "scale" in takes:
+        kw["scale"] = scale
+    elif scale is not None and abs(scale - q.shape[-1] ** -0.5) > 1e-9:
+        raise RuntimeError("this torch's varlen attention takes no scale; set hardware.packed_attention to sdpa")
+    return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, **kw)
+
+
+@functools.cache
+def _parameters(function) -> frozenset[str]:
+    import inspect
+
+    return frozenset(inspect.signature(function).parameters)
 
 
 VARLEN_FUNCTIONS = {"flash_varlen": _flash_varlen, "torch_varlen": _torch_varlen}
@@ -251,7 +271,7 @@ def kernel_problem(kernel: str, device_type: str, dtype=None, dropout: bool = Fa
         return "flash-attention is not installed (pip install flash-attn)"
     if kernel == "torch_varlen":
         if importlib.util.find_spec("torch.nn.attention.varlen") is None:
-            return f"torch {torch.__version__} has no torch.nn.attention.varlen (torch >= 2.10)"
+            return f"torch {torch.__version__} has no torch.nn.attention.varlen"
         if dropout:
             return "torch's varlen attention has no dropout"
         if torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 0):

@@ -96,6 +96,33 @@ def test_the_varlen_wiring_gives_per_span_sdpa_outputs_and_gradients(monkeypatch
         assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
 
 
+@pytest.mark.parametrize("api", ["2.12", "2.10"])
+def test_torchs_varlen_is_called_as_each_torch_version_takes_it(monkeypatch, api):
+    """torch 2.12 takes window_size=(-1, 0), enable_gqa and scale; torch 2.10-2.11 take is_causal and as many
+    key/value heads as query heads."""
+    import torch
+    import torch.nn.attention.varlen as varlen
+
+    calls = []
+    if api == "2.12":
+
+        def fake(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+            calls.append(window_size == (-1, 0) and enable_gqa)
+            return _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, scale, enable_gqa)
+    else:
+
+        def fake(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False, return_aux=None):
+            calls.append(is_causal and k.shape[1] == q.shape[1])
+            return _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, None, False)
+
+    monkeypatch.setattr(varlen, "varlen_attn", fake)
+    layout = pa.layout_of(torch.tensor(POSITIONS), rows=2)
+    q, k, v = (t.detach() for t in _qkv(seed=2))
+    out = pa.varlen_spans(q, k, v, layout, 0.0, None, gqa=True, kernel="torch_varlen")
+    assert calls == [True]
+    assert torch.allclose(out, pa.sdpa_spans(q, k, v, layout, 0.0, None, gqa=True), atol=1e-5)
+
+
 def test_flex_attentions_document_mask_gives_per_span_sdpa_outputs():
     import torch
 
