@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE))
 
 from limit import Shape, sft_flops  # noqa: E402
 from run_all import LORA_TARGETS, Failed, bench_env, ours, workload_flops  # noqa: E402
-from workload import SMOLLM2_SHAPE, build_model, write_dpo, write_sft  # noqa: E402
+from workload import build_model, write_dpo, write_sft  # noqa: E402
 
 # dense bf16 tensor-core peaks from the vendors' datasheets (without sparsity), TFLOP/s
 BF16_PEAK_TFLOPS = {
@@ -93,7 +93,7 @@ def main() -> None:
     rows = []
     for shape_name in a.shapes.split(","):
         model = work / f"model-{shape_name}"
-        build_model(model, **(SMOLLM2_SHAPE if shape_name == "smollm2" else {}))
+        build_model(model, shape_name)
         shape_work = work / shape_name  # run_all's layout: model/, sft.jsonl, dpo.jsonl
         shape_work.mkdir(exist_ok=True)
         for name, target in (("model", model), ("sft.jsonl", work / "sft.jsonl"), ("dpo.jsonl", work / "dpo.jsonl")):

@@ -14,30 +14,13 @@ those. Prints one Markdown table.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
-SHAPES = {
-    # SmolLM2-135M-Instruct's config (as the GGUF file describes it)
-    "smollm2": dict(
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        vocab_size=49152,
-        tie_word_embeddings=True,
-    ),
-    # bench/workload.py's 20.3M model
-    "bench20m": dict(
-        hidden_size=256,
-        intermediate_size=4928,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        vocab_size=8000,
-        tie_word_embeddings=False,
-    ),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from workload import SHAPES  # noqa: E402
 
 
 def main() -> None:

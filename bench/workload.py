@@ -38,19 +38,34 @@ def words() -> list[str]:
     return base + extra
 
 
-def build_model(
-    target: Path,
-    hidden: int = 256,
-    layers: int = 4,
-    intermediate: int = 4928,
-    heads: int = 4,
-    kv_heads: int = 4,
-    vocab_size: int | None = None,
-    tied: bool = False,
-) -> Path:
-    """Random-init Llama (by default hidden 256, 4 layers, vocab 8000: ~20.3M parameters) + tokenizer. A larger
-    ``vocab_size`` than the tokenizer's 8000 words gives a real model's head at its size (the extra rows are never
-    a label)."""
+# the model shapes the bench builds, as LlamaConfig fields: the 20.3M bench model, and SmolLM2-135M's (its
+# config.json: 30 thin layers, 9 query heads over 3 key/value heads, a tied 49k head)
+SHAPES = {
+    "bench20m": dict(
+        hidden_size=256,
+        intermediate_size=4928,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=VOCAB,
+        tie_word_embeddings=False,
+    ),
+    "smollm2": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+    ),
+}
+
+
+def build_model(target: Path, shape: str = "bench20m") -> Path:
+    """A randomly initialised Llama of one of SHAPES (the bench model by default: ~20.3M parameters) and the
+    8000-word tokenizer. A shape's larger vocabulary gives a real model's head at its size (the extra rows are
+    never a label)."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -67,14 +82,8 @@ def build_model(
     )
     tokenizer.chat_template = jinja_chat_template("neural_chat")
     config = LlamaConfig(
-        vocab_size=max(vocab_size or 0, len(vocab)),
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
+        **{**SHAPES[shape], "vocab_size": max(SHAPES[shape]["vocab_size"], len(vocab))},
         max_position_embeddings=2048,
-        tie_word_embeddings=tied,
         bos_token_id=vocab["<s>"],
         eos_token_id=vocab["</s>"],
         pad_token_id=vocab["<pad>"],
@@ -85,10 +94,6 @@ def build_model(
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target
-
-
-# SmolLM2-135M's shape (its config.json): 30 thin layers, 9 query heads over 3 key/value heads, a tied 49k head
-SMOLLM2_SHAPE = dict(hidden=576, layers=30, intermediate=1536, heads=9, kv_heads=3, vocab_size=49152, tied=True)
 
 
 def link_smollm2(target: Path) -> Path:
