@@ -19,10 +19,6 @@ POSITIONS = [
     [0, 1, 2, 3, 0, 1, 0, 1, 2, 3, 4, 5],
 ]
 
-cuda = pytest.mark.skipif(
-    not __import__("torch").cuda.is_available(), reason="needs a CUDA device (run where the device tool lends one)"
-)
-
 
 def _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, dropout, scale, gqa):
     """flash_attn_varlen_func's contract, written plainly: sequence i's queries q[cu_q[i]:cu_q[i+1]] attend to
@@ -249,7 +245,7 @@ def test_the_hardware_profile_rejects_a_kernel_its_device_has_not():
     assert HardwareConfig(name="gpu", device="cuda", precision="bf16", packed_attention="flex")
 
 
-@cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_on_cuda_every_kernel_that_runs_gives_the_same_loss_and_gradients(dtype, fresh_choice):
     """The real kernels (flash-attention's varlen where installed, torch's varlen, compiled FlexAttention) against
