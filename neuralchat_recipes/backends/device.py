@@ -19,8 +19,8 @@ BITSANDBYTES_OPTIMS = {"paged_adamw_32bit", "adamw_8bit"}
 
 # The capabilities a device may have, and what each lets a stage do.
 CAPABILITIES = {
-    "per_sample_attention": "packed samples attend per sample through transformers' attention interface "
-    "(varlen-style SDPA); without it, a block-diagonal mask",
+    "per_sample_attention": "packed samples attend per sample through transformers' attention interface (a varlen "
+    "kernel, FlexAttention or SDPA per sample: hardware.packed_attention); without it, a block-diagonal mask",
     "labelled_logits": "compute logits only where a label is predicted (boolean logits_to_keep, shapes change per "
     "batch)",
     "swiglu_recompute": "SwiGLU MLPs keep gate and up only and recompute the activation in the backward",
