@@ -279,13 +279,18 @@ def kernel_problem(kernel: str, device_type: str, dtype=None, dropout: bool = Fa
     return None
 
 
-_used: set[str] = set()  # the kernels packed_sdpa ran since use_packed_attention
+_used: set[str] = set()  # the kernels packed_sdpa ran since reset_kernels_used
 
 
 def kernels_used() -> list[str]:
-    """The kernels that ran packed attention in this process since the model was switched to it (the
-    manifest's ``attention_kernels``)."""
+    """The kernels that ran packed attention in this process since ``reset_kernels_used`` (the manifest's
+    ``attention_kernels``)."""
     return sorted(_used)
+
+
+def reset_kernels_used() -> None:
+    """Forget the kernels run so far: a training run starts (stages may share a process: a sweep, a pipeline)."""
+    _used.clear()
 
 
 @functools.cache
@@ -352,7 +357,6 @@ def use_packed_attention(model, kernel: str = "auto") -> bool:
         raise ValueError(f"packed attention kernel must be auto or one of {', '.join(KERNELS)}, not {kernel!r}")
     if not getattr(model, "_supports_attention_backend", False):
         return False
-    _used.clear()
     attend = packed_sdpa if kernel == "auto" else functools.partial(packed_sdpa, kernel=kernel)
     AttentionInterface.register(PACKED_ATTENTION, attend)
     AttentionMaskInterface.register(PACKED_ATTENTION, packed_sdpa_mask)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..data.packed_attention import kernels_used
+from ..data.packed_attention import kernels_used, reset_kernels_used
 from .common import SettingError, StageError, load_model
 
 log = logging.getLogger("neuralchat_recipes")
@@ -286,6 +286,7 @@ def train_and_save(ctx, trainer, tokenizer, summarize: tuple[str, ...] = ("loss"
     if resume:
         log.info("[%s] resuming from %s", name, resume)
         history[:0] = logged_before(resume)  # the stage's curve spans every run that trained it
+    reset_kernels_used()
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
     train_runtime = time.time() - t0

@@ -156,6 +156,7 @@ def test_every_kernel_gives_the_tiny_models_loss(monkeypatch):
     try:
         for kernel in ("sdpa", "flex", "torch_varlen"):
             assert pa.use_packed_attention(model, kernel)
+            pa.reset_kernels_used()
             with torch.no_grad(), _quiet():
                 losses[kernel] = model(**batch).loss.item()
             assert pa.kernels_used() == [kernel]
@@ -265,6 +266,7 @@ def test_on_cuda_every_kernel_that_runs_gives_the_same_loss_and_gradients(dtype,
         path = resolve_builtin("builtin:tiny-llama")
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).cuda().train()
         assert pa.use_packed_attention(model, kernel)
+        pa.reset_kernels_used()
         loss = model(**batch).loss
         loss.backward()
         assert pa.kernels_used() == [kernel]
