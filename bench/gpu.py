@@ -66,6 +66,15 @@ def card_peak() -> tuple[str, float | None, float]:
     return name, listed, measured
 
 
+def cannot_run(kernel: str) -> str | None:
+    """Why a kernel cannot run LoRA SFT in bf16 on this CUDA card (None: it can)."""
+    import torch
+
+    from neuralchat_recipes.data.packed_attention import kernel_problem
+
+    return kernel_problem(kernel, "cuda", torch.bfloat16, False)  # (the Llama models' attention has no dropout)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=512, help="SFT conversations (median ~300 tokens)")
@@ -91,6 +100,18 @@ def main() -> None:
         hardware, precision, kernels = ["hardware=cpu"], "fp32", ["sdpa"]
 
     rows = []
+    header = [
+        f"`{' '.join(sys.argv)}` on {card}, {time.strftime('%Y-%m-%d %H:%M')}; {peak_note}.",
+        "",
+        "| shape | attention kernel (as ran) | tok/s | model TFLOP/s | MFU | training s |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def write_table() -> str:  # after every row: a run stopped at the device's time limit keeps what it measured
+        text = "\n".join([*header, *("| " + " | ".join(r) + " |" for r in rows)]) + "\n"
+        a.out.write_text(text)
+        return text
+
     for shape_name in a.shapes.split(","):
         model = work / f"model-{shape_name}"
         build_model(model, shape_name)
@@ -102,11 +123,16 @@ def main() -> None:
         samples, _ = workload_flops(shape_work)
         per_token = sft_flops(Shape.of(model), samples, 16, LORA_TARGETS) / sum(n for n, _ in samples)
         for kernel in kernels:
+            if a.device == "cuda" and (why := cannot_run(kernel)):  # (flash-attention not installed, say): no launch
+                rows.append((shape_name, kernel, f"cannot run here: {why}", "", "", ""))
+                write_table()
+                continue
             extra = [*hardware, f"hardware.packed_attention={kernel}"]
             try:
                 m = ours("sft", shape_work, env, extra=extra, precision=precision)
             except Failed as failed:
                 rows.append((shape_name, kernel, f"did not run: {str(failed).splitlines()[-1][:160]}", "", "", ""))
+                write_table()
                 continue
             rate = m["tokens_seen"] / m["train_runtime_s"]
             tflops = rate * per_token / 1e12
@@ -114,17 +140,9 @@ def main() -> None:
             ran = ",".join(m.get("attention_kernels", [])) or "?"
             rows.append((shape_name, ran, f"{rate:,.0f}", f"{tflops:.2f}", mfu, f"{m['train_runtime_s']:.1f}"))
             print(rows[-1], flush=True)
+            write_table()
 
-    lines = [
-        f"`{' '.join(sys.argv)}` on {card}, {time.strftime('%Y-%m-%d %H:%M')}; {peak_note}.",
-        "",
-        "| shape | attention kernel (as ran) | tok/s | model TFLOP/s | MFU | training s |",
-        "|---|---|---|---|---|---|",
-        *("| " + " | ".join(r) + " |" for r in rows),
-    ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    a.out.write_text(text)
+    print(write_table())
     print(json.dumps({"work": str(work)}))
 
 
