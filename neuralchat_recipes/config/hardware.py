@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from ..data.packed_attention import KERNELS as PACKED_ATTENTION_KERNELS
 from .base import StrictModel
 
 
@@ -73,7 +74,7 @@ class HardwareConfig(StrictModel):
         "large tensor and faulting its zeroed pages back in the next step (30-40% of a training step in bench/); "
         "peak RSS grows by what fragmentation holds (~10% there). false: the C library's defaults.",
     )
-    packed_attention: Literal["auto", "flash_varlen", "torch_varlen", "flex", "sdpa"] = Field(
+    packed_attention: Literal[("auto", *PACKED_ATTENTION_KERNELS)] = Field(
         default="auto",
         description="The kernel that keeps packed (and padding-free) samples apart in attention: `flash_varlen` "
         "(flash-attention's varlen, CUDA fp16/bf16, `pip install flash-attn`), `torch_varlen` (torch's own varlen "
