@@ -11,7 +11,7 @@ cannot run on this card (flash-attention not installed, say) gets a row saying w
 over the training loop (the manifest's ``train_runtime_s``, which includes FlexAttention's compilation on its first
 batches). Work: bench/limit.py's FLOPs per token (frozen linears 4N, LoRA 6r(d_in+d_out), causal attention within
 each sample, the LM head on labelled tokens). MFU divides it by the card's published dense bf16 peak (by its name;
-an unknown card gets the measured 8192^3 bf16 matmul rate instead, and the row says so); the measured rate is
+an unknown card gets the measured 8192^3 bf16 matmul rate instead, and the header says so); the measured rate is
 printed too. SmolLM2's shape is a randomly initialised Llama of its config (the weights do not change the work,
 and the GGUF is larger than what travels to a lent machine).
 
